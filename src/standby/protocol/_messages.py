@@ -1,0 +1,484 @@
+"""Every message that engines exchange over a peer link.
+
+Rules of this file:
+1. A message is a frozen, slotted, keyword-only dataclass that validates itself, so an invalid
+   message cannot be built and every later layer can trust what it holds.
+2. Each message has a stable one-byte ``TYPE`` (never reuse a retired number) and a ``SENDER``:
+   the role allowed to send it. The *initiator* opened the connection (the master's engine for
+   a synchronization); the *acceptor* answered it.
+3. Paths travel as bytes, relative to a root, with ``/`` separators: names are whatever the
+   file system holds (not necessarily UTF-8). The replica confines them; this file only checks
+   their shape loosely (types and sizes).
+4. A message whose last field is named ``payload`` carries it as the frame's raw payload, not
+   inside the encoded metadata, so bulk data is never re-encoded.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+from ._errors import LocalProtocolError
+
+#: Versions of the wire protocol this code speaks. The handshake picks the highest common one.
+PROTOCOL_VERSION_MIN = 1
+PROTOCOL_VERSION_MAX = 1
+
+#: Length in bytes of a block digest (xxh3-128) and of a whole-file digest (BLAKE3, 32 bytes).
+BLOCK_DIGEST_SIZE = 16
+FILE_DIGEST_SIZE = 32
+
+#: Largest payload a BlockData may carry (a run of blocks, or one large block). Precedents:
+#: rsync MAX_BLOCK_SIZE = 128 KiB (protocol >= 30), DRBD_MAX_BIO_SIZE = 1 MiB. We allow 4 MiB so
+#: a scenario can choose large blocks for very large images; the frame limit adds room for the
+#: metadata (up to 16 bytes of digest per 4 KiB block).
+MAX_BLOCK_SIZE = 4 * 1024 * 1024
+
+
+class Role(enum.Enum):
+    INITIATOR = "initiator"
+    ACCEPTOR = "acceptor"
+    EITHER = "either"
+
+
+class EntryKind(enum.IntEnum):
+    """What a tree entry is. Values travel on the wire."""
+
+    FILE = 1
+    DIRECTORY = 2
+    SYMLINK = 3
+    OTHER = 4  # socket, FIFO, device: never replicated, reported with an event
+
+
+class SyncMethod(enum.IntEnum):
+    FILE = 1  # size and mtime; differing files move whole
+    BLOCK = 2  # fixed-offset block digests; only differing blocks move
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    """Base of all messages."""
+
+    TYPE: ClassVar[int]
+    SENDER: ClassVar[Role]
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = _FIELD_TYPES.get(f.type if isinstance(f.type, str) else "")
+            if expected is not None and not isinstance(value, expected):
+                raise LocalProtocolError(
+                    f"{type(self).__name__}.{f.name} must be {f.type}, got {type(value).__name__}"
+                )
+            if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+                if f.name not in _SIGNED_FIELDS:
+                    raise LocalProtocolError(f"{type(self).__name__}.{f.name} must be >= 0")
+        self._validate()
+
+    def _validate(self) -> None:
+        """Per-message checks beyond field types; override where needed."""
+
+
+# The string annotations used in this file, mapped to the runtime types they must have.
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "int": int,
+    "str": str,
+    "bytes": bytes,
+    "bool": bool,
+    "bytes | None": (bytes, type(None)),
+    "str | None": (str, type(None)),
+    "dict[str, Any]": dict,
+    "tuple[int, ...]": tuple,
+    "tuple[Entry, ...]": tuple,
+}
+# mtimes may precede 1970.
+_SIGNED_FIELDS = frozenset({"mtime_ns"})
+
+
+# --- handshake and session control -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hello(Message):
+    """First message of every connection: who we are and which versions we speak."""
+
+    TYPE: ClassVar[int] = 1
+    SENDER: ClassVar[Role] = Role.INITIATOR
+
+    version_min: int
+    version_max: int
+    engine: str
+    purpose: str  # "control" or "sync"; tells the acceptor what follows
+
+    def _validate(self) -> None:
+        if self.version_min > self.version_max:
+            raise LocalProtocolError("Hello.version_min > version_max")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Welcome(Message):
+    """The acceptor's answer to Hello: the version both will speak from now on."""
+
+    TYPE: ClassVar[int] = 2
+    SENDER: ClassVar[Role] = Role.ACCEPTOR
+
+    version: int
+    engine: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Failure(Message):
+    """The sender gives up on this session; ``code`` is an event ID such as ``SB3104``."""
+
+    TYPE: ClassVar[int] = 3
+    SENDER: ClassVar[Role] = Role.EITHER
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Goodbye(Message):
+    """Orderly end of a session; no message may follow."""
+
+    TYPE: ClassVar[int] = 4
+    SENDER: ClassVar[Role] = Role.EITHER
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reply(Message):
+    """Generic answer to a control request."""
+
+    TYPE: ClassVar[int] = 5
+    SENDER: ClassVar[Role] = Role.ACCEPTOR
+
+    ok: bool
+    message: str
+    data: dict[str, Any]
+
+
+# --- scenario management -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScenarioPut(Message):
+    """The master's engine gives a scenario to the replica's engine (create or replace)."""
+
+    TYPE: ClassVar[int] = 10
+    SENDER: ClassVar[Role] = Role.INITIATOR
+
+    name: str
+    document: dict[str, Any]  # the validated scenario, as plain data
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScenarioRemove(Message):
+    TYPE: ClassVar[int] = 11
+    SENDER: ClassVar[Role] = Role.INITIATOR
+
+    name: str
+
+
+# --- synchronization ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Entry:
+    """One entry of a tree listing (not a message: travels inside ``Entries``)."""
+
+    path: bytes
+    kind: EntryKind
+    size: int
+    mtime_ns: int
+    mode: int  # permission bits only (S_IMODE)
+    target: bytes = b""  # symlink target, as stored
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncBegin(Message):
+    """Start synchronizing one root of a scenario. The replica answers with its listing."""
+
+    TYPE: ClassVar[int] = 20
+    SENDER: ClassVar[Role] = Role.INITIATOR
+
+    scenario: str
+    root: int  # index into the scenario's roots
+    method: int  # SyncMethod
+    block_size: int
+    range_blocks: int  # blocks per coarse range of the two-level comparison
+
+    def _validate(self) -> None:
+        if self.method not in SyncMethod.__members__.values():
+            raise LocalProtocolError(f"SyncBegin.method {self.method} is unknown")
+        if not 4096 <= self.block_size <= MAX_BLOCK_SIZE or self.block_size & (self.block_size - 1):
+            raise LocalProtocolError("SyncBegin.block_size must be a power of two in 4 KiB..4 MiB")
+        if not 1 <= self.range_blocks <= 1 << 20:
+            raise LocalProtocolError("SyncBegin.range_blocks must be in 1..2**20")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Entries(Message):
+    """A batch of the replica's listing of the root."""
+
+    TYPE: ClassVar[int] = 21
+    SENDER: ClassVar[Role] = Role.ACCEPTOR
+
+    entries: tuple[Entry, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntriesEnd(Message):
+    """End of the replica's listing. ``error`` is set when the replica root could not be listed."""
+
+    TYPE: ClassVar[int] = 22
+    SENDER: ClassVar[Role] = Role.ACCEPTOR
+
+    count: int
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Remove(Message):
+    """Delete an entry (a directory with everything under it)."""
+
+    TYPE: ClassVar[int] = 23
+    SENDER: ClassVar[Role] = Role.INITIATOR
+
+    path: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MakeDir(Message):
+    TYPE: ClassVar[int] = 24
+    SENDER: ClassVar[Role] = Role.INITIATOR
+
+    path: bytes
+    mode: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MakeSymlink(Message):
+    """Create or replace a symbolic link; the target is stored as given and never followed."""
+
+    TYPE: ClassVar[int] = 25
+    SENDER: ClassVar[Role] = Role.INITIATOR
+
+    path: bytes
+    target: bytes
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MakeHardLink(Message):
+    """Make ``path`` another name of the already synchronized file ``existing``."""
+
+    TYPE: ClassVar[int] = 26
+    SENDER: ClassVar[Role] = Role.INITIATOR
+
+    path: bytes
+    existing: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetAttrs(Message):
+    """Set the permission bits and the mtime of an entry (directories, after their content)."""
+
+    TYPE: ClassVar[int] = 27
+    SENDER: ClassVar[Role] = Role.INITIATOR
+
+    path: bytes
+    mode: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HashRequest(Message):
+    """Ask the replica for the coarse (range) digests of one of its files."""
+
+    TYPE: ClassVar[int] = 30
+    SENDER: ClassVar[Role] = Role.INITIATOR
+
+    file_id: int
+    path: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RangeDigests(Message):
+    """The replica's coarse digests: one per range of ``range_blocks`` blocks, concatenated.
+
+    ``size`` is the replica file's size; ``missing`` is true when it has no such regular file.
+    """
+
+    TYPE: ClassVar[int] = 31
+    SENDER: ClassVar[Role] = Role.ACCEPTOR
+
+    file_id: int
+    size: int
+    missing: bool
+    digests: bytes
+
+    def _validate(self) -> None:
+        if len(self.digests) % BLOCK_DIGEST_SIZE:
+            raise LocalProtocolError("RangeDigests.digests is not a whole number of digests")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlockRequest(Message):
+    """Ask for the block digests inside the listed coarse ranges (those that differ)."""
+
+    TYPE: ClassVar[int] = 32
+    SENDER: ClassVar[Role] = Role.INITIATOR
+
+    file_id: int
+    ranges: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlockDigests(Message):
+    """Block digests for the requested ranges, in the order asked, concatenated."""
+
+    TYPE: ClassVar[int] = 33
+    SENDER: ClassVar[Role] = Role.ACCEPTOR
+
+    file_id: int
+    digests: bytes
+
+    def _validate(self) -> None:
+        if len(self.digests) % BLOCK_DIGEST_SIZE:
+            raise LocalProtocolError("BlockDigests.digests is not a whole number of digests")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileBegin(Message):
+    """Start writing a file. ``whole``: written to a temporary name and renamed at FileEnd;
+    otherwise the existing replica file is updated in place, block by block."""
+
+    TYPE: ClassVar[int] = 34
+    SENDER: ClassVar[Role] = Role.INITIATOR
+
+    file_id: int
+    path: bytes
+    size: int
+    whole: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlockData(Message):
+    """Data for a run of whole blocks of the current file, starting at a block boundary.
+
+    ``digests`` holds the xxh3-128 digest of each ``block_size`` piece of ``payload`` (the
+    last piece of a file may be shorter), concatenated; the replica checks every one before
+    it writes anything.
+    """
+
+    TYPE: ClassVar[int] = 35
+    SENDER: ClassVar[Role] = Role.INITIATOR
+
+    file_id: int
+    offset: int
+    digests: bytes
+    payload: bytes
+
+    def _validate(self) -> None:
+        if not self.digests or len(self.digests) % BLOCK_DIGEST_SIZE:
+            raise LocalProtocolError("BlockData.digests is not a whole, non-zero number of digests")
+        if not self.payload or len(self.payload) > MAX_BLOCK_SIZE:
+            raise LocalProtocolError("BlockData.payload must hold 1 byte to MAX_BLOCK_SIZE")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ZeroRange(Message):
+    """A range of the current file that is all zeros: the replica leaves or punches a hole."""
+
+    TYPE: ClassVar[int] = 36
+    SENDER: ClassVar[Role] = Role.INITIATOR
+
+    file_id: int
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileEnd(Message):
+    """The current file is complete: final size and attributes, and the master's digest of it.
+
+    ``digest`` is the file digest defined in :mod:`standby.blocks` (BLAKE3 over the file's
+    block digests and size), which the replica recomputes and reports in FileResult.
+    """
+
+    TYPE: ClassVar[int] = 37
+    SENDER: ClassVar[Role] = Role.INITIATOR
+
+    file_id: int
+    size: int
+    mode: int
+    mtime_ns: int
+    digest: bytes
+
+    def _validate(self) -> None:
+        if len(self.digest) != FILE_DIGEST_SIZE:
+            raise LocalProtocolError(f"FileEnd.digest must be {FILE_DIGEST_SIZE} bytes")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileResult(Message):
+    """The replica's verdict on a file: ``ok`` when its digest equals the master's."""
+
+    TYPE: ClassVar[int] = 38
+    SENDER: ClassVar[Role] = Role.ACCEPTOR
+
+    file_id: int
+    ok: bool
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncEnd(Message):
+    """No more operations for this root; the replica makes everything durable and answers."""
+
+    TYPE: ClassVar[int] = 39
+    SENDER: ClassVar[Role] = Role.INITIATOR
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncDone(Message):
+    """The replica's statistics for the root, after everything is durable."""
+
+    TYPE: ClassVar[int] = 40
+    SENDER: ClassVar[Role] = Role.ACCEPTOR
+
+    stats: dict[str, Any]
+
+
+MESSAGE_TYPES: dict[int, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        Hello,
+        Welcome,
+        Failure,
+        Goodbye,
+        Reply,
+        ScenarioPut,
+        ScenarioRemove,
+        SyncBegin,
+        Entries,
+        EntriesEnd,
+        Remove,
+        MakeDir,
+        MakeSymlink,
+        MakeHardLink,
+        SetAttrs,
+        HashRequest,
+        RangeDigests,
+        BlockRequest,
+        BlockDigests,
+        FileBegin,
+        BlockData,
+        ZeroRange,
+        FileEnd,
+        FileResult,
+        SyncEnd,
+        SyncDone,
+    )
+}

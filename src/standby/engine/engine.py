@@ -1,0 +1,467 @@
+"""The engine: one object that owns the state of a host and everything the API can ask of it.
+
+The REST API (and through it the CLI and the dashboard) calls only the public methods here.
+Each returns plain, JSON-ready data or raises :class:`EngineError` with an HTTP-like status and
+a message that tells the operator what to do.
+
+Threads: the API runs on the asyncio loop and calls these methods in a worker thread; peer
+sessions and synchronization jobs run in their own threads. Shared state is the SQLite store
+(thread-safe) and the job registry (under ``_lock``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..config import ConfigError, Scenario, check_name, parse_document, parse_scenario
+from ..protocol import Reply, Role, ScenarioPut, ScenarioRemove
+from . import events as ev
+from .channel import LinkError, PeerMismatch, PeerRefused, connect, fetch_peer_certificate
+from .identity import Identity, fingerprint_of, parse_fingerprint
+from .jobs import Job, JobState
+from .session import PeerFailure, Session
+from .store import Peer, Store
+
+log = logging.getLogger("standby.engine")
+
+#: Default peer port (engines connect to each other here) and API port (localhost only).
+DEFAULT_PEER_PORT = 7710
+DEFAULT_API_PORT = 7711
+#: Seconds for connecting to a peer and for each blocking read or write on a link.
+LINK_TIMEOUT = 30.0
+#: Finished jobs kept in memory for `GET /v1/jobs/{id}`.
+JOB_HISTORY = 200
+
+
+class EngineError(Exception):
+    """A request the engine cannot honour. ``status`` follows HTTP: 400 bad input, 404 unknown
+    name, 409 conflicts with the current state, 502 a peer failed."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def parse_address(text: str, default_port: int) -> tuple[str, int]:
+    """``HOST:PORT``, ``HOST`` or ``[V6]:PORT`` to a (host, port) pair."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or (text.startswith("[") is False and host.count(":") > 0):
+        host, port_text = text, str(default_port)
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise EngineError(400, f"bad address {text!r}: the port must be a number") from None
+    if not host or not 0 <= port <= 65535:
+        raise EngineError(400, f"bad address {text!r}: use HOST:PORT")
+    return host, port
+
+
+class Engine:
+    """The state and the operations of one engine."""
+
+    def __init__(self, home: Path, name: str | None = None) -> None:
+        self.home = home
+        home.mkdir(parents=True, exist_ok=True)
+        os.chmod(home, 0o700)
+        self.store = Store(home / "state.db")
+        stored = self.store.get_meta("name")
+        if stored is None:
+            self.name = check_name("engine", name or socket.gethostname().split(".")[0])
+            self.store.set_meta("name", self.name)
+        elif name is not None and name != stored:
+            raise EngineError(409, f"this home belongs to engine {stored!r}, not {name!r}; "
+                              "use another --home or drop --name")
+        else:
+            self.name = stored
+        self.identity = Identity.load_or_create(home, self.name)
+        self.api_token = _load_or_create_token(home / "api-token")
+        self.peer_address = ""  # set by the peer server once it listens
+        self._lock = threading.Lock()
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._job_seq = 0
+
+    def close(self) -> None:
+        for job in self.running_jobs():
+            job.cancel()
+        self.store.close()
+
+    # --- identity and peers ---------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "fingerprint": self.identity.fingerprint,
+                "version": __version__, "peer_address": self.peer_address}
+
+    def trusted_certs(self) -> list[bytes]:
+        """Certificates accepted on incoming links: the paired peers', and our own (a scenario
+        may replicate between two roots of one engine)."""
+        return [self.identity.cert_der, *(p.cert_der for p in self.store.peers())]
+
+    def peer_by_fingerprint(self, fingerprint: str) -> str | None:
+        if fingerprint == self.identity.fingerprint:
+            return self.name
+        return next((p.name for p in self.store.peers() if p.fingerprint == fingerprint), None)
+
+    def list_peers(self) -> list[dict[str, Any]]:
+        return [p.public() for p in self.store.peers()]
+
+    def add_peer(self, name: str, address: str, fingerprint: str) -> dict[str, Any]:
+        """Pair with another engine: fetch its certificate and check its fingerprint."""
+        try:
+            check_name("peer", name)
+            expected = parse_fingerprint(fingerprint)
+        except (ConfigError, ValueError) as exc:
+            raise EngineError(400, str(exc)) from None
+        if name == self.name:
+            raise EngineError(400, f"{name!r} is this engine's own name")
+        if expected == self.identity.fingerprint:
+            raise EngineError(400, "that fingerprint is this engine's own")
+        host_port = parse_address(address, DEFAULT_PEER_PORT)
+        try:
+            cert = fetch_peer_certificate(host_port, self.identity, expected, LINK_TIMEOUT)
+        except PeerMismatch as exc:
+            self.emit(ev.PEER_MISMATCH, f"peer {name} at {address}: {exc}")
+            raise EngineError(502, f"{address} presented another certificate: {exc}") from None
+        except (LinkError, OSError) as exc:
+            self.emit(ev.PEER_UNREACHABLE, f"peer {name} at {address}: {exc}")
+            raise EngineError(502, f"cannot reach {address}: {exc}") from None
+        if fingerprint_of(cert) != expected:  # fetch_peer_certificate checks; be explicit
+            raise EngineError(502, f"{address} presented another certificate")
+        peer = Peer(name, f"{host_port[0]}:{host_port[1]}", expected, cert, time.time())
+        self.store.put_peer(peer)
+        self.emit(ev.PEER_ADDED, f"paired with {name} at {peer.address} ({expected[:16]}...)")
+        return peer.public()
+
+    def remove_peer(self, name: str) -> None:
+        users = [s.name for s in self.store.scenarios()
+                 if name in (s.document["master"], s.document["replica"])]
+        if users:
+            raise EngineError(409, f"peer {name!r} is used by scenario(s) {', '.join(users)}; "
+                              "remove them first")
+        if not self.store.remove_peer(name):
+            raise EngineError(404, f"no peer named {name!r}")
+        self.emit(ev.PEER_REMOVED, f"peer {name} removed")
+
+    def open_session(self, engine_name: str, purpose: str) -> Session:
+        """Connect to a paired engine (or to ourselves) and complete the handshake."""
+        if engine_name == self.name:
+            address, fingerprint = self.peer_address, self.identity.fingerprint
+        else:
+            peer = self.store.peer(engine_name)
+            if peer is None:
+                raise EngineError(400, f"engine {engine_name!r} is not paired; run "
+                                  f"`standby peer add {engine_name} HOST:PORT FINGERPRINT`")
+            address, fingerprint = peer.address, peer.fingerprint
+        host_port = parse_address(address, DEFAULT_PEER_PORT)
+        try:
+            channel = connect(host_port, self.identity, expected_fingerprint=fingerprint,
+                              timeout=LINK_TIMEOUT)
+        except PeerMismatch as exc:
+            self.emit(ev.PEER_MISMATCH, f"peer {engine_name} at {address}: {exc}")
+            raise EngineError(502, f"peer {engine_name}: {exc}") from None
+        except (LinkError, OSError) as exc:
+            self.emit(ev.PEER_UNREACHABLE, f"peer {engine_name} at {address}: {exc}")
+            raise EngineError(502, f"cannot reach peer {engine_name} at {address}: {exc}") from None
+        session = Session(channel, Role.INITIATOR, self.name)
+        try:
+            session.open(purpose)
+        except PeerRefused as exc:
+            session.close()
+            self.emit(ev.PEER_NOT_TRUSTING, f"peer {engine_name} at {address}: {exc}")
+            raise EngineError(502, f"peer {engine_name} refused this engine: {exc}; run "
+                              f"`standby peer add {self.name} ...` on {engine_name}") from None
+        except (LinkError, OSError, PeerFailure) as exc:
+            session.close()
+            raise EngineError(502, f"peer {engine_name}: handshake failed: {exc}") from None
+        return session
+
+    def control(self, engine_name: str, message: ScenarioPut | ScenarioRemove) -> Reply:
+        """Send one control request to a peer and return its reply."""
+        session = self.open_session(engine_name, "control")
+        try:
+            session.send(message)
+            reply = session.expect(Reply)
+        except (LinkError, OSError, PeerFailure) as exc:
+            raise EngineError(502, f"peer {engine_name}: {exc}") from None
+        finally:
+            session.close()
+        return reply
+
+    # --- scenarios ------------------------------------------------------------------------------
+
+    def add_scenario(self, text: str, source: str) -> dict[str, Any]:
+        """Validate a scenario file, give it to the replica's engine, then store it here.
+
+        Nothing is stored anywhere unless every step succeeds.
+        """
+        try:
+            scenario = parse_scenario(text, source)
+        except ConfigError as exc:
+            raise EngineError(400, str(exc)) from None
+        if scenario.master != self.name:
+            raise EngineError(400, f"{source}: master: this engine is {self.name!r}; add the "
+                              f"scenario on its master engine {scenario.master!r}")
+        existing = self.store.scenario(scenario.name)
+        if existing is not None and existing.role != "master":
+            raise EngineError(409, f"{source}: name: {scenario.name!r} is already a scenario "
+                              "this engine replicates for another master")
+        if existing is not None and existing.state in ("syncing",):
+            raise EngineError(409, f"scenario {scenario.name!r} is synchronizing; stop it first")
+        if scenario.replica != self.name:
+            reply = self.control(scenario.replica, ScenarioPut(
+                name=scenario.name, document=scenario.document()))
+            if not reply.ok:
+                raise EngineError(502, f"replica engine {scenario.replica!r} refused the "
+                                  f"scenario: {reply.message}")
+        else:
+            self._prepare_replica_roots(scenario)
+        self.store.put_scenario(scenario.name, "master", scenario.document(), "stopped")
+        self.emit(ev.SCENARIO_ADDED, f"scenario {scenario.name} added ({len(scenario.roots)} "
+                  f"root(s), {scenario.master} -> {scenario.replica})", scenario.name)
+        return self.show_scenario(scenario.name)
+
+    def receive_scenario(self, peer: str, message: ScenarioPut) -> Reply:
+        """Replica side of :meth:`add_scenario`: accept a scenario from its master's engine."""
+        try:
+            scenario = parse_document(message.document, f"scenario {message.name!r} from {peer}")
+        except ConfigError as exc:
+            return Reply(ok=False, message=str(exc), data={})
+        if scenario.name != message.name or scenario.master != peer:
+            return Reply(ok=False, message=f"engine {peer!r} may only send scenarios it is the "
+                         "master of", data={})
+        if scenario.replica != self.name:
+            return Reply(ok=False, message=f"this engine is {self.name!r}, not the scenario's "
+                         f"replica {scenario.replica!r}", data={})
+        existing = self.store.scenario(scenario.name)
+        if existing is not None and existing.role == "master":
+            return Reply(ok=False, message=f"{scenario.name!r} is a scenario this engine is the "
+                         "master of", data={})
+        try:
+            self._prepare_replica_roots(scenario)
+        except EngineError as exc:
+            return Reply(ok=False, message=exc.message, data={})
+        self.store.put_scenario(scenario.name, "replica", scenario.document(),
+                                existing.state if existing else "stopped")
+        self.emit(ev.SCENARIO_RECEIVED, f"scenario {scenario.name} received from {peer}",
+                  scenario.name)
+        return Reply(ok=True, message="stored", data={})
+
+    def _prepare_replica_roots(self, scenario: Scenario) -> None:
+        for root in scenario.roots:
+            try:
+                Path(root.replica).mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as exc:
+                raise EngineError(400, f"replica root {root.replica}: cannot create it: "
+                                  f"{exc.strerror}") from None
+            if not Path(root.replica).is_dir() or Path(root.replica).is_symlink():
+                raise EngineError(400, f"replica root {root.replica} is not a directory")
+
+    def remove_received(self, peer: str, name: str) -> Reply:
+        row = self.store.scenario(name)
+        if row is None:
+            return Reply(ok=True, message="not present", data={})
+        if row.role != "replica" or row.document["master"] != peer:
+            return Reply(ok=False, message=f"{peer!r} is not the master of {name!r}", data={})
+        self.store.remove_scenario(name)
+        self.emit(ev.SCENARIO_REMOVED, f"scenario {name} removed by its master {peer} (replica "
+                  "files are kept)", name)
+        return Reply(ok=True, message="removed", data={})
+
+    def _scenario(self, name: str) -> tuple[Scenario, str]:
+        row = self.store.scenario(name)
+        if row is None:
+            raise EngineError(404, f"no scenario named {name!r} (see `standby scenario list`)")
+        return parse_document(row.document, f"scenario {name!r}"), row.role
+
+    def list_scenarios(self) -> list[dict[str, Any]]:
+        return [self._scenario_summary(row.name) for row in self.store.scenarios()]
+
+    def show_scenario(self, name: str) -> dict[str, Any]:
+        summary = self._scenario_summary(name)
+        row = self.store.scenario(name)
+        assert row is not None
+        summary["document"] = row.document
+        return summary
+
+    def _scenario_summary(self, name: str) -> dict[str, Any]:
+        row = self.store.scenario(name)
+        if row is None:
+            raise EngineError(404, f"no scenario named {name!r} (see `standby scenario list`)")
+        doc = row.document
+        return {"name": row.name, "role": row.role, "state": row.state,
+                "consistent": row.consistent, "master": doc["master"],
+                "replica": doc["replica"], "method": doc["sync"]["method"],
+                "roots": [{"master": r["master"], "replica": r["replica"]}
+                          for r in doc["roots"]],
+                "updated_at": row.updated_at}
+
+    def remove_scenario(self, name: str) -> None:
+        scenario, role = self._scenario(name)
+        if role != "master":
+            raise EngineError(409, f"scenario {name!r} is replicated here for "
+                              f"{scenario.master!r}; remove it on that engine")
+        if self._job_for(name) is not None:
+            raise EngineError(409, f"scenario {name!r} is synchronizing; stop it first")
+        if scenario.replica != self.name:
+            try:
+                reply = self.control(scenario.replica, ScenarioRemove(name=name))
+            except EngineError as exc:
+                raise EngineError(502, f"{exc.message}; the scenario is kept so that both "
+                                  "engines stay in step") from None
+            if not reply.ok:
+                raise EngineError(502, f"replica engine refused: {reply.message}")
+        self.store.remove_scenario(name)
+        self.emit(ev.SCENARIO_REMOVED, f"scenario {name} removed (replica files are kept)", name)
+
+    def start_scenario(self, name: str) -> dict[str, Any]:
+        """Start protecting: run the initial synchronization."""
+        scenario, role = self._scenario(name)
+        self._require_master(name, role, scenario)
+        job = self.start_sync(name, None, None)
+        self.emit(ev.SCENARIO_STARTED, f"scenario {name} started", name)
+        return job
+
+    def stop_scenario(self, name: str) -> dict[str, Any]:
+        scenario, role = self._scenario(name)
+        self._require_master(name, role, scenario)
+        job = self._job_for(name)
+        if job is not None:
+            job.cancel()
+        self.store.update_scenario(name, state="stopped")
+        self.emit(ev.SCENARIO_STOPPED, f"scenario {name} stopped", name)
+        return self._scenario_summary(name)
+
+    def _require_master(self, name: str, role: str, scenario: Scenario) -> None:
+        if role != "master":
+            raise EngineError(409, f"scenario {name!r} is controlled by its master engine "
+                              f"{scenario.master!r}; run this command there")
+
+    # --- synchronization jobs -------------------------------------------------------------------
+
+    def start_sync(self, name: str, method: str | None,
+                   ignore_same_size_time: bool | None) -> dict[str, Any]:
+        """Start a synchronization job in a thread and return its description at once."""
+        from .sync_master import MasterSync  # import here: sync_master imports this module
+
+        scenario, role = self._scenario(name)
+        self._require_master(name, role, scenario)
+        if method is not None and method not in ("file", "block"):
+            raise EngineError(400, f"method must be 'file' or 'block', got {method!r}")
+        options = scenario.sync.model_copy(update={
+            k: v for k, v in (("method", method), ("ignore_same_size_time",
+                                                   ignore_same_size_time)) if v is not None})
+        with self._lock:
+            if self._job_for(name) is not None:
+                raise EngineError(409, f"scenario {name!r} is already synchronizing")
+            self._job_seq += 1
+            job_id = f"{int(time.time())}-{self._job_seq}"
+            sync = MasterSync(self, scenario, options)
+            job = Job(job_id, name, "sync", sync)
+            self._jobs[job_id] = job
+            while len(self._jobs) > JOB_HISTORY:
+                self._jobs.popitem(last=False)
+        self.store.update_scenario(name, state="syncing")
+        job.start(on_done=self._sync_finished)
+        return job.describe()
+
+    def _sync_finished(self, job: Job) -> None:
+        report = job.report
+        if report is not None:
+            self.store.add_report(job.scenario, report)
+            row = self.store.scenario(job.scenario)
+            stats = row.stats if row else {}
+            _accumulate(stats, report)
+            self.store.update_scenario(job.scenario, stats=stats)
+        if job.state is JobState.SUCCEEDED:
+            self.store.update_scenario(job.scenario, state="running", consistent=True)
+        elif job.state is JobState.CANCELLED:
+            self.store.update_scenario(job.scenario, state="stopped")
+        else:
+            self.store.update_scenario(job.scenario, state="failed")
+
+    def _job_for(self, scenario: str) -> Job | None:
+        return next((j for j in self._jobs.values()
+                     if j.scenario == scenario and j.state is JobState.RUNNING), None)
+
+    def running_jobs(self) -> list[Job]:
+        with self._lock:
+            return [j for j in self._jobs.values() if j.state is JobState.RUNNING]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise EngineError(404, f"no job {job_id!r}")
+        return job.describe()
+
+    # --- status, events, reports ----------------------------------------------------------------
+
+    def status(self, name: str | None = None) -> list[dict[str, Any]]:
+        rows = self.store.scenarios() if name is None else [self.store.scenario(name)]
+        if name is not None and rows[0] is None:
+            raise EngineError(404, f"no scenario named {name!r}")
+        out = []
+        for row in rows:
+            assert row is not None
+            summary = self._scenario_summary(row.name)
+            summary["hosts"] = row.stats.get("hosts", {})
+            summary["syncs"] = row.stats.get("syncs", 0)
+            job = self._job_for(row.name)
+            summary["job"] = job.describe() if job else None
+            out.append(summary)
+        return out
+
+    def events(self, scenario: str | None = None, after: int = 0,
+               limit: int = 1000) -> list[dict[str, Any]]:
+        return [e.public() for e in self.store.events(scenario, after, limit)]
+
+    def report(self, name: str) -> dict[str, Any]:
+        self._scenario(name)
+        report = self.store.last_report(name)
+        if report is None:
+            raise EngineError(404, f"scenario {name!r} has no synchronization report yet")
+        return report
+
+    def emit(self, event: ev.EventType, message: str, scenario: str | None = None) -> None:
+        row = self.store.add_event(event, message, scenario)
+        level = {"info": logging.INFO, "warning": logging.WARNING}.get(row.severity,
+                                                                        logging.ERROR)
+        log.log(level, "%s %s", event.code, message)
+
+
+def _accumulate(stats: dict[str, Any], report: dict[str, Any]) -> None:
+    """Add a report's per-host counters to the scenario's running totals."""
+    stats["syncs"] = stats.get("syncs", 0) + 1
+    hosts = stats.setdefault("hosts", {})
+    for host, counters in report.get("hosts", {}).items():
+        total = hosts.setdefault(host, {})
+        for key, value in counters.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                total[key] = total.get(key, 0) + value
+
+
+def _load_or_create_token(path: Path) -> str:
+    """The API bearer token, kept in a 0600 file; created on first start."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return token

@@ -23,7 +23,7 @@ from typing import Any
 
 from .. import __version__
 from ..config import ConfigError, Scenario, check_name, parse_document, parse_scenario
-from ..protocol import Reply, Role, ScenarioPut, ScenarioRemove
+from ..protocol import ProtocolError, Reply, Role, ScenarioPut, ScenarioRemove
 from . import events as ev
 from .channel import LinkError, PeerMismatch, PeerRefused, connect, fetch_peer_certificate
 from .identity import Identity, fingerprint_of, parse_fingerprint
@@ -53,11 +53,15 @@ class EngineError(Exception):
 
 
 def parse_address(text: str, default_port: int) -> tuple[str, int]:
-    """``HOST:PORT``, ``HOST`` or ``[V6]:PORT`` to a (host, port) pair."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or (text.startswith("[") is False and host.count(":") > 0):
+    """``HOST:PORT``, ``HOST``, ``[V6]:PORT`` or a bare IPv6 address to (host, port)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.removeprefix(":") or str(default_port)
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:  # a name, an IPv4 address, or a bare IPv6 address: the default port
         host, port_text = text, str(default_port)
-    host = host.strip("[]")
     try:
         port = int(port_text)
     except ValueError:
@@ -169,18 +173,17 @@ class Engine:
         except PeerMismatch as exc:
             self.emit(ev.PEER_MISMATCH, f"peer {engine_name} at {address}: {exc}")
             raise EngineError(502, f"peer {engine_name}: {exc}") from None
+        except PeerRefused as exc:
+            self.emit(ev.PEER_NOT_TRUSTING, f"peer {engine_name} at {address}: {exc}")
+            raise EngineError(502, f"peer {engine_name} refused this engine ({exc}); run "
+                              f"`standby peer add {self.name} ...` on {engine_name}") from None
         except (LinkError, OSError) as exc:
             self.emit(ev.PEER_UNREACHABLE, f"peer {engine_name} at {address}: {exc}")
             raise EngineError(502, f"cannot reach peer {engine_name} at {address}: {exc}") from None
         session = Session(channel, Role.INITIATOR, self.name)
         try:
             session.open(purpose)
-        except PeerRefused as exc:
-            session.close()
-            self.emit(ev.PEER_NOT_TRUSTING, f"peer {engine_name} at {address}: {exc}")
-            raise EngineError(502, f"peer {engine_name} refused this engine: {exc}; run "
-                              f"`standby peer add {self.name} ...` on {engine_name}") from None
-        except (LinkError, OSError, PeerFailure) as exc:
+        except (LinkError, OSError, PeerFailure, ProtocolError) as exc:
             session.close()
             raise EngineError(502, f"peer {engine_name}: handshake failed: {exc}") from None
         return session

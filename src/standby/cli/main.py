@@ -1,0 +1,384 @@
+"""The ``standby`` command: a client of the engine's REST API.
+
+It finds the engine of a home directory through HOME/engine.json (written by the running
+engine) and HOME/api-token. Only ``standby engine`` (which runs the engine) and ``standby id``
+(which reads the engine's certificate, so that it works while the engine is stopped) touch the
+engine's code; every other command is an HTTP request.
+
+Exit statuses: 0 done; 1 the engine refused the request or the job failed; 2 bad input (usage
+errors, or the engine said 400); 3 the engine is not running or cannot be reached; 130
+interrupted while waiting for a job (the job goes on in the engine).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console, RenderableType
+
+from . import render
+from .client import ApiClient, ApiError, EngineLocation, EngineUnreachable, path, start_hint
+from .progress import wait_for_job
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_NO_ENGINE = 3
+EXIT_INTERRUPTED = 130
+
+#: Seconds between two polls of the event list with ``standby events --follow``.
+FOLLOW_INTERVAL = 1.0
+
+DEFAULT_HOME = Path("~/.standby")
+
+app = typer.Typer(
+    name="standby",
+    help="Real-time replication and failover. Every command but `engine` and `id` talks to the "
+         "running engine of --home through its REST API.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+peer_app = typer.Typer(help="Pair with other engines.", no_args_is_help=True)
+scenario_app = typer.Typer(help="Define, start and stop scenarios.", no_args_is_help=True)
+app.add_typer(peer_app, name="peer")
+app.add_typer(scenario_app, name="scenario")
+
+
+class Method(enum.StrEnum):
+    FILE = "file"
+    BLOCK = "block"
+
+
+# --- options shared between commands ------------------------------------------------------------
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout, nothing else.")]
+NoWaitOption = Annotated[bool, typer.Option(
+    "--no-wait", help="Print the job id and return at once instead of showing its progress.")]
+ScenarioName = Annotated[str, typer.Argument(metavar="NAME", help="The scenario's name.")]
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    home: Annotated[Path, typer.Option(
+        "--home", envvar="STANDBY_HOME", metavar="DIR",
+        help="The engine's home directory: its identity, state, api-token and engine.json. "
+             "The engine and the commands must agree on it.")] = DEFAULT_HOME,
+) -> None:
+    """Real-time replication and failover."""
+    ctx.obj = home.expanduser().absolute()
+
+
+def _home(ctx: typer.Context) -> Path:
+    home: Path = ctx.find_root().obj
+    return home
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+@app.command("engine")
+def engine_command(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Option(
+        help="This engine's name (first start only; default: the host name).")] = None,
+    listen: Annotated[str | None, typer.Option(
+        metavar="HOST:PORT", help="Where peers connect (default: all addresses, port 7710).")
+    ] = None,
+    api: Annotated[str | None, typer.Option(
+        metavar="HOST:PORT", help="Where the REST API listens (default: 127.0.0.1:7711).")
+    ] = None,
+) -> None:
+    """Run this host's engine in the foreground until Ctrl-C or SIGTERM."""
+    raise typer.Exit(_run_engine(_home(ctx), name, listen, api))
+
+
+@app.command("id")
+def id_command(ctx: typer.Context) -> None:
+    """Print this engine's fingerprint (works while the engine is stopped)."""
+    _print_fingerprint(_home(ctx))
+
+
+@peer_app.command("add")
+def peer_add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The peer engine's name.")],
+    address: Annotated[str, typer.Argument(metavar="HOST:PORT", help="Its peer address.")],
+    fingerprint: Annotated[str, typer.Argument(
+        metavar="FINGERPRINT", help="What `standby id` prints on that host.")],
+) -> None:
+    """Pair with another engine, checking that it presents FINGERPRINT."""
+    _add_peer(_home(ctx), name, address, fingerprint)
+
+
+@peer_app.command("list")
+def peer_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """List the paired engines."""
+    _show(_home(ctx), path("peers"), as_json, render.peers_table, "no peers paired yet")
+
+
+@peer_app.command("remove")
+def peer_remove(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME")]) -> None:
+    """Forget a paired engine (no scenario may use it)."""
+    _change(_home(ctx), "DELETE", path("peers", name), f"peer {name} removed")
+
+
+@scenario_app.command("add")
+def scenario_add(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(metavar="FILE", exists=True, dir_okay=False, readable=True,
+                                         help="The scenario's TOML file.")],
+) -> None:
+    """Add a scenario from FILE, or replace the one of the same name."""
+    _add_scenario(_home(ctx), file)
+
+
+@scenario_app.command("list")
+def scenario_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """List the scenarios, with their state."""
+    _show(_home(ctx), path("scenarios"), as_json, render.scenarios_table,
+          "no scenarios; add one with `standby scenario add FILE`")
+
+
+@scenario_app.command("show")
+def scenario_show(ctx: typer.Context, name: ScenarioName, as_json: JsonOption = False) -> None:
+    """Show a scenario's definition."""
+    _show(_home(ctx), path("scenarios", name), as_json, render.scenario_detail)
+
+
+@scenario_app.command("remove")
+def scenario_remove(ctx: typer.Context, name: ScenarioName) -> None:
+    """Remove a scenario here and on its replica engine; replica files are kept."""
+    _change(_home(ctx), "DELETE", path("scenarios", name),
+            f"scenario {name} removed (replica files are kept)")
+
+
+@scenario_app.command("start")
+def scenario_start(ctx: typer.Context, name: ScenarioName, no_wait: NoWaitOption = False) -> None:
+    """Start protecting: run the initial synchronization and wait for it."""
+    _run_job(_home(ctx), path("scenarios", name, "start"), None, no_wait)
+
+
+@scenario_app.command("stop")
+def scenario_stop(ctx: typer.Context, name: ScenarioName) -> None:
+    """Stop protecting, cancelling a running synchronization."""
+    _change(_home(ctx), "POST", path("scenarios", name, "stop"), f"scenario {name} stopped")
+
+
+@app.command("sync")
+def sync_command(
+    ctx: typer.Context,
+    name: ScenarioName,
+    method: Annotated[Method | None, typer.Option(
+        help="Compare whole files or blocks (default: the scenario's).")] = None,
+    ignore_same_size_time: Annotated[bool, typer.Option(
+        "--ignore-same-size-time",
+        help="Skip files whose size and modification time match on both sides.")] = False,
+    no_wait: NoWaitOption = False,
+) -> None:
+    """Synchronize the replica with the master now, and wait for it."""
+    body = {"method": method.value if method else None,
+            "ignore_same_size_time": True if ignore_same_size_time else None}
+    _run_job(_home(ctx), path("scenarios", name, "sync"), body, no_wait)
+
+
+@app.command("status")
+def status_command(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Argument(
+        metavar="NAME", help="One scenario (default: all).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show the scenarios' state, statistics per host and running synchronizations."""
+    url = path("status") if name is None else path("status", name)
+    _show(_home(ctx), url, as_json, render.status_view)
+
+
+@app.command("events")
+def events_command(
+    ctx: typer.Context,
+    scenario: Annotated[str | None, typer.Option(help="Only this scenario's events.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="Show the latest N.")] = 50,
+    follow: Annotated[bool, typer.Option(
+        "--follow", "-f", help="Keep printing new events until Ctrl-C (with --json: one JSON "
+                               "object per line).")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Show the engine's events, oldest first."""
+    _show_events(_home(ctx), scenario, limit, follow, as_json)
+
+
+@app.command("report")
+def report_command(ctx: typer.Context, name: ScenarioName, as_json: JsonOption = False) -> None:
+    """Show the report of a scenario's last synchronization."""
+    _show(_home(ctx), path("scenarios", name, "report"), as_json,
+          lambda report: render.report_view(name, report))
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _out() -> Console:
+    return Console(highlight=False)
+
+
+def _fail(message: str, status: int) -> NoReturn:
+    for line in message.splitlines() or [""]:
+        typer.echo(f"error: {line}", err=True)
+    raise typer.Exit(status)
+
+
+def _print_json(data: Any, *, indent: int | None = 2) -> None:
+    typer.echo(json.dumps(data, indent=indent, ensure_ascii=False))
+
+
+@contextmanager
+def _engine(home: Path) -> Iterator[ApiClient]:
+    """The API client of the engine of ``home``; the one place that turns failures into exit
+    statuses."""
+    try:
+        with ApiClient(EngineLocation.find(home)) as client:
+            yield client
+    except EngineUnreachable as exc:
+        _fail(str(exc), EXIT_NO_ENGINE)
+    except ApiError as exc:
+        _fail(exc.message, EXIT_BAD_INPUT if exc.status == 400 else EXIT_FAILED)
+
+
+def _run_engine(home: Path, name: str | None, listen: str | None, api: str | None) -> int:
+    from ..engine.daemon import run_engine  # the engine's code loads only for this command
+
+    return run_engine(home, name, listen, api)
+
+
+def _print_fingerprint(home: Path) -> None:
+    """Read the certificate only: the engine creates the identity, never this command."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from ..engine.identity import CERT_FILE, IDENTITY_DIR, fingerprint_of
+
+    cert_path = home / IDENTITY_DIR / CERT_FILE
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except FileNotFoundError:
+        _fail(f"{home} has no engine identity yet; {start_hint(home)} once to create it",
+              EXIT_FAILED)
+    except (OSError, ValueError) as exc:
+        _fail(f"cannot read the engine's certificate {cert_path}: {exc}", EXIT_FAILED)
+    typer.echo(fingerprint_of(cert.public_bytes(Encoding.DER)))
+
+
+def _show(home: Path, url: str, as_json: bool, view: Callable[[Any], RenderableType],
+          empty: str = "") -> None:
+    """GET ``url``; print it as JSON, or as ``view(data)`` renders it (``empty`` for [])."""
+    with _engine(home) as api:
+        data = api.get(url)
+    if as_json:
+        _print_json(data)
+    elif data == [] and empty:
+        typer.echo(empty)
+    else:
+        _out().print(view(data))
+
+
+def _change(home: Path, method: str, url: str, done: str) -> None:
+    with _engine(home) as api:
+        if method == "DELETE":
+            api.delete(url)
+        else:
+            api.post(url)
+    typer.echo(done)
+
+
+def _add_peer(home: Path, name: str, address: str, fingerprint: str) -> None:
+    with _engine(home) as api:
+        peer = api.post(path("peers"), {"name": name, "address": address,
+                                        "fingerprint": fingerprint})
+    typer.echo(f"paired with {peer['name']} at {peer['address']}; it must pair with this "
+               "engine too (`standby peer add` there, with what `standby id` prints here)")
+
+
+def _add_scenario(home: Path, file: Path) -> None:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"{file}: cannot read it: {exc}", EXIT_BAD_INPUT)
+    with _engine(home) as api:
+        s = api.post(path("scenarios"), {"text": text, "source": str(file)})
+    typer.echo(f"scenario {s['name']} added ({s['master']} -> {s['replica']}, "
+               f"{len(s['roots'])} root(s), {s['state']}); start it with "
+               f"`standby scenario start {s['name']}`")
+
+
+def _run_job(home: Path, url: str, body: dict[str, Any] | None, no_wait: bool) -> None:
+    """Start a job; unless ``no_wait``, follow its progress and exit with its outcome."""
+    with _engine(home) as api:
+        job = api.post(url, body)
+        if no_wait:
+            typer.echo(job["id"])
+            return
+        try:
+            job = wait_for_job(lambda: api.get(path("jobs", job["id"])), job, _out())
+        except KeyboardInterrupt:
+            _fail(f"stopped waiting; job {job['id']} goes on in the engine (follow it with "
+                  f"`standby status {job['scenario']}`, stop it with `standby scenario stop "
+                  f"{job['scenario']}`)", EXIT_INTERRUPTED)
+    if job["state"] != "succeeded":
+        _fail(f"synchronization of {job['scenario']} {job['state']}: {job['error']}",
+              EXIT_FAILED)
+    typer.echo(f"synchronization of {job['scenario']} succeeded: {render.job_outcome(job)}")
+
+
+def _show_events(home: Path, scenario: str | None, limit: int, follow: bool,
+                 as_json: bool) -> None:
+    params: dict[str, str | int] = {"limit": limit}
+    if scenario is not None:
+        params["scenario"] = scenario
+    with _engine(home) as api:
+        events = api.get(path("events"), params)
+        if not follow:
+            if as_json:
+                _print_json(events)
+            else:
+                _print_events(events)
+            return
+        with suppress(KeyboardInterrupt):  # Ctrl-C is how one stops following
+            _follow_events(api, params, events, as_json)
+
+
+def _print_events(events: list[dict[str, Any]], as_json_lines: bool = False) -> None:
+    console = _out()
+    for event in events:
+        if as_json_lines:
+            _print_json(event, indent=None)
+        else:
+            console.print(render.event_line(event), soft_wrap=True)
+
+
+def _follow_events(api: ApiClient, params: dict[str, str | int], events: list[dict[str, Any]],
+                   as_json: bool) -> None:
+    after = 0
+    while True:
+        _print_events(events, as_json)
+        sys.stdout.flush()
+        after = events[-1]["id"] if events else after
+        time.sleep(FOLLOW_INTERVAL)
+        events = api.get(path("events"), {**params, "after": after, "limit": 10_000})
+
+
+def main() -> None:
+    """The ``standby`` entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

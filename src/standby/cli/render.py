@@ -1,0 +1,242 @@
+"""Human output of the CLI: rich tables and short lines built from the API's JSON.
+
+Text from the engine (names, paths, messages) is never read as rich markup: a path such as
+``/srv/[old]`` must print as it is.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
+
+#: Per-host counters shown first, in this order; others follow as the engine reports them.
+_HOST_COLUMNS = ("files_compared", "bytes_compared", "files_sent", "bytes_sent",
+                 "files_received", "bytes_received")
+
+
+def human_bytes(count: float) -> str:
+    """``1536`` -> ``1.5 KiB``: binary units, one decimal."""
+    if abs(count) < 1024:
+        return f"{int(count)} B"
+    value = float(count)
+    for unit in _UNITS:
+        value /= 1024
+        if abs(value) < 1024 or unit == _UNITS[-1]:
+            break
+    return f"{value:.1f} {unit}"
+
+
+def duration(seconds: float | None) -> str:
+    """``200`` -> ``3 min 20 s``; None (unknown) -> ``?``."""
+    if seconds is None:
+        return "?"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def timestamp(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def counter(key: str, value: Any) -> str:
+    """A statistic for people, by its name: ``*_at`` a time, ``*bytes*`` a size, ``*_s`` a
+    duration, other numbers grouped by thousands."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if key.endswith("_at"):
+        return timestamp(value)
+    if key.startswith("rate_bytes"):
+        return f"{human_bytes(value)}/s"
+    if "bytes" in key or key == "block_size":
+        return human_bytes(value)
+    if key.endswith("_s"):
+        return duration(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:,.2f}"
+
+
+def _text(value: Any, style: str = "") -> Text:
+    return Text("-" if value is None else str(value), style=style)
+
+
+def _table(*columns: str) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in columns:
+        table.add_column(column)
+    return table
+
+
+# --- progress -----------------------------------------------------------------------------------
+
+
+def progress_fields(progress: Mapping[str, Any]) -> dict[str, str]:
+    """The pieces of a job's progress, formatted: files, bytes, rate, eta."""
+    return {
+        "files": f"{progress['files_done']:,}/{progress['files_total']:,} files",
+        "bytes": f"{human_bytes(progress['bytes_done'])}/{human_bytes(progress['bytes_total'])}",
+        "rate": f"{human_bytes(progress['rate_bytes_s'])}/s",
+        "eta": duration(progress["eta_s"]),
+    }
+
+
+def progress_line(job: Mapping[str, Any]) -> str:
+    """``web: copying, 12/100 files, 1.2 GiB/4.0 GiB, 120.0 MiB/s, ETA 25 s``."""
+    progress = job["progress"]
+    fields = progress_fields(progress)
+    return (f"{job['scenario']}: {progress['phase']}, {fields['files']}, {fields['bytes']}, "
+            f"{fields['rate']}, ETA {fields['eta']}")
+
+
+def job_outcome(job: Mapping[str, Any]) -> str:
+    """One line on a finished job: what it did and how long it took."""
+    progress = job["progress"]
+    return (f"{progress['files_done']:,} files, {human_bytes(progress['bytes_done'])} "
+            f"compared, {human_bytes(progress['bytes_sent'])} sent in "
+            f"{duration(progress['elapsed_s'])}")
+
+
+# --- peers and scenarios ------------------------------------------------------------------------
+
+
+def peers_table(peers: Iterable[Mapping[str, Any]]) -> Table:
+    table = _table("NAME", "ADDRESS", "FINGERPRINT", "ADDED")
+    for peer in peers:
+        table.add_row(_text(peer["name"]), _text(peer["address"]), _text(peer["fingerprint"]),
+                      _text(timestamp(peer["added_at"])))
+    return table
+
+
+def _consistency(scenario: Mapping[str, Any]) -> Text:
+    if scenario["consistent"]:
+        return Text("consistent", style="green")
+    return Text("inconsistent", style="yellow")
+
+
+def _state(state: str) -> Text:
+    styles = {"running": "green", "syncing": "cyan", "failed": "red", "stopped": "dim"}
+    return Text(state, style=styles.get(state, ""))
+
+
+def scenarios_table(scenarios: Iterable[Mapping[str, Any]]) -> Table:
+    table = _table("NAME", "ROLE", "STATE", "CONSISTENCY", "MASTER -> REPLICA", "METHOD", "ROOTS")
+    for s in scenarios:
+        table.add_row(_text(s["name"]), _text(s["role"]), _state(s["state"]), _consistency(s),
+                      _text(f"{s['master']} -> {s['replica']}"), _text(s["method"]),
+                      _text(len(s["roots"])))
+    return table
+
+
+def _heading(s: Mapping[str, Any]) -> Text:
+    return Text.assemble((s["name"], "bold"), "  ", _state(s["state"]), "  ", _consistency(s),
+                         f"  {s['master']} -> {s['replica']}  ({s['role']} here)")
+
+
+def roots_table(roots: Iterable[Mapping[str, Any]]) -> Table:
+    table = _table("MASTER ROOT", "REPLICA ROOT", "INCLUDE", "EXCLUDE")
+    for root in roots:
+        table.add_row(_text(root["master"]), _text(root["replica"]),
+                      _text(" ".join(root.get("include", ())) or "-"),
+                      _text(" ".join(root.get("exclude", ())) or "-"))
+    return table
+
+
+def _pairs(items: Mapping[str, Any]) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    for key, value in items.items():
+        grid.add_row(_text(key.replace("_", " ")), _text(counter(key, value)))
+    return grid
+
+
+def scenario_detail(s: Mapping[str, Any]) -> RenderableType:
+    document = s["document"]
+    parts: list[RenderableType] = [_heading(s)]
+    if document.get("description"):
+        parts.append(_text(document["description"], "italic"))
+    parts += [Text(), roots_table(document["roots"]), Text(), Text("sync", style="bold"),
+              _pairs(document["sync"]), Text(f"updated {timestamp(s['updated_at'])}", "dim")]
+    return Group(*parts)
+
+
+# --- status, reports, events --------------------------------------------------------------------
+
+
+def hosts_table(hosts: Mapping[str, Mapping[str, Any]]) -> Table:
+    """Per-host counters (files and bytes compared, sent, received...), one row per host."""
+    seen = [key for counters in hosts.values() for key in counters]
+    keys = [k for k in _HOST_COLUMNS if k in seen]
+    keys += [k for k in dict.fromkeys(seen) if k not in keys]
+    table = _table("HOST", *(k.replace("_", " ").upper() for k in keys))
+    for host, counters in sorted(hosts.items()):
+        table.add_row(_text(host), *(_text(counter(k, counters.get(k, 0))) for k in keys))
+    return table
+
+
+def scenario_status(s: Mapping[str, Any]) -> RenderableType:
+    parts: list[RenderableType] = [_heading(s)]
+    parts += [Text(f"  {root['master']} -> {root['replica']}") for root in s["roots"]]
+    job = s.get("job")
+    if job:
+        parts.append(Text(f"  sync {job['id']}: {progress_line(job)}", style="cyan"))
+    if s.get("hosts"):
+        parts += [Text(f"  totals over {s.get('syncs', 0)} synchronization(s):"),
+                  hosts_table(s["hosts"])]
+    else:
+        parts.append(Text("  no synchronization has finished yet", style="dim"))
+    return Group(*parts)
+
+
+def status_view(scenarios: list[Mapping[str, Any]]) -> RenderableType:
+    if not scenarios:
+        return Text("no scenarios; add one with `standby scenario add FILE`")
+    parts: list[RenderableType] = []
+    for s in scenarios:
+        parts += [scenario_status(s), Text()]
+    return Group(*parts[:-1])
+
+
+def report_view(name: str, report: Mapping[str, Any]) -> RenderableType:
+    """The last synchronization's report: its scalar facts, per-host counters, then lists
+    (such as the files that failed), each cut to its first 20 items."""
+    scalars = {k: v for k, v in report.items()
+               if k != "scenario" and not isinstance(v, dict | list)}
+    parts: list[RenderableType] = [Text(f"last synchronization of {name}", style="bold"),
+                                   _pairs(scalars)]
+    if isinstance(report.get("hosts"), dict) and report["hosts"]:
+        parts += [Text(), hosts_table(report["hosts"])]
+    for key, value in report.items():
+        if isinstance(value, list) and value:
+            parts += [Text(), Text(f"{key.replace('_', ' ')} ({len(value)})", style="bold")]
+            parts += [_text(f"  {item}") for item in value[:20]]
+            if len(value) > 20:
+                parts.append(Text(f"  ... and {len(value) - 20} more", style="dim"))
+    return Group(*parts)
+
+
+_SEVERITY_STYLE = {"info": "", "warning": "yellow", "error": "bold red"}
+
+
+def event_line(event: Mapping[str, Any]) -> Text:
+    """``2024-05-01 12:00:03  SB2001  info     web  scenario web added``."""
+    return Text.assemble(
+        timestamp(event["ts"]), "  ", event["code"], "  ",
+        (f"{event['severity']:<7}", _SEVERITY_STYLE.get(event["severity"], "")), "  ",
+        f"{event['scenario'] or '-'}  ", event["message"],
+    )

@@ -42,6 +42,8 @@ app = typer.Typer(
     name="standby",
     help="Real-time replication and failover. Every command but `engine` and `id` talks to the "
          "running engine of --home through its REST API.",
+    epilog="Exit status: 0 done; 1 the engine refused or the synchronization failed; 2 bad "
+           "input; 3 no engine running for --home (or unreachable); 130 interrupted.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

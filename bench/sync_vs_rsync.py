@@ -1,0 +1,699 @@
+"""Time standby's sync against rsync over loopback on the same data; print ratios.
+
+Usage:
+    .venv/bin/python bench/sync_vs_rsync.py [--quick] [--runs N] [--out DIR] [--only-rsync]
+
+Each case builds the replica's starting state (outside the timing), settles the page cache
+(cold: sync and drop_caches; warm: read master and replica), times one tool end to end from
+the client side, then checks that the replica equals the master. A wrong copy fails the case:
+its speed is never reported. The ratio is median(standby) / median(rsync): lower is better.
+
+rsync runs as a daemon on 127.0.0.1 and the client pushes to it, as standby's master pushes to
+its replica engine. Progress goes to stderr; the report (Markdown) to stdout and to --out.
+
+Choices worth knowing when reading the numbers:
+- Every run starts from the same replica content for both tools: empty (first syncs), the
+  pristine image (resync after a change), or a `cp -a` of the master (no-change resyncs).
+  Copies use `cp --sparse=always`, so zero runs of a prepared replica are holes for both.
+- Cold runs are the first syncs and case 2cold. Case 3 is warm: both tools then read both
+  sides from memory and the case measures comparison work, not the disk. Case 5resync is warm
+  too: it measures per-file overhead with metadata cached.
+- standby is timed through its CLI, start-up of the Python client included, as a user runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from _common import (
+    BenchError,
+    GiB,
+    KiB,
+    MiB,
+    allocated,
+    change_blocks,
+    clear_dir,
+    copy_contents,
+    drop_caches,
+    fmt_size,
+    free_loopback_port,
+    port_open,
+    stop_process,
+    tail,
+    tree_differences,
+    wait_until,
+    warm,
+    write_image,
+    write_sparse,
+    write_tree,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+SEED = 20241125
+# Marks a scratch directory as ours, so that we never delete a directory we did not create.
+SCRATCH_MARKER = ".standby-bench"
+
+IMAGE, SPARSE, TREE = "image", "sparse", "tree"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sizes:
+    image: int
+    sparse: int
+    sparse_fraction: float = 0.10
+    changed_fraction: float = 0.01
+    tree_files: int
+    tree_dirs: int
+    tree_max_file: int = 16 * KiB
+
+
+FULL = Sizes(image=4 * GiB, sparse=4 * GiB, tree_files=100_000, tree_dirs=1000)
+QUICK = Sizes(image=256 * MiB, sparse=256 * MiB, tree_files=5000, tree_dirs=50)
+
+
+class Start(enum.Enum):
+    """The replica's content before each timed run."""
+
+    EMPTY = "empty"  # first sync
+    PRISTINE = "pristine"  # the master as it was before its blocks were changed
+    EQUAL = "equal"  # a copy of the master now (a no-change resync leaves it as it is)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Case:
+    key: str
+    title: str
+    dataset: str
+    cold: bool
+    target: float
+    start: Start
+    rsync_flags: tuple[str, ...]
+    method: str  # standby's --method
+    quick_check: bool = False  # standby's --ignore-same-size-time (skip same size and mtime)
+    changed_master: bool = False  # runs on the master after change_blocks()
+
+
+def make_cases(sizes: Sizes) -> list[Case]:
+    image, sparse = fmt_size(sizes.image), fmt_size(sizes.sparse)
+    delta = ("-a", "--inplace", "--no-whole-file")
+    return [
+        Case(key="1", title=f"first sync, {image} image", dataset=IMAGE, cold=True, target=1.0,
+             start=Start.EMPTY, rsync_flags=("-a", "--inplace"), method="block"),
+        Case(key="2cold", title="resync, 1 % of blocks changed", dataset=IMAGE, cold=True,
+             target=0.5, start=Start.PRISTINE, rsync_flags=delta, method="block",
+             changed_master=True),
+        Case(key="2warm", title="resync, 1 % of blocks changed", dataset=IMAGE, cold=False,
+             target=0.25, start=Start.PRISTINE, rsync_flags=delta, method="block",
+             changed_master=True),
+        # rsync -I compares content; standby without --ignore-same-size-time does too.
+        Case(key="3", title="resync, nothing changed", dataset=IMAGE, cold=False, target=0.33,
+             start=Start.EQUAL, rsync_flags=("-a", "-I", "--inplace", "--no-whole-file"),
+             method="block"),
+        Case(key="4", title=f"first sync, {sparse} sparse file, 10 % data", dataset=SPARSE,
+             cold=True, target=0.2, start=Start.EMPTY, rsync_flags=("-a", "--sparse"),
+             method="block"),
+        Case(key="5first", title=f"first sync, {sizes.tree_files:,} small files", dataset=TREE,
+             cold=True, target=1.0, start=Start.EMPTY, rsync_flags=("-a",), method="file"),
+        # rsync's default quick check skips files of equal size and mtime; so does standby here.
+        Case(key="5resync", title=f"resync, nothing changed, {sizes.tree_files:,} files",
+             dataset=TREE, cold=False, target=1.0, start=Start.EQUAL, rsync_flags=("-a",),
+             method="file", quick_check=True),
+    ]
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run(argv: Sequence[str | Path], timeout: float = 60, what: str = "") -> str:
+    """Run a command; return its stdout, or raise BenchError with its stderr."""
+    try:
+        done = subprocess.run([str(a) for a in argv], capture_output=True, text=True,
+                              timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{what or argv[0]}: no answer after {timeout:.0f} s") from None
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip()[-2000:]
+        raise BenchError(f"{what or argv[0]} exited {done.returncode}: {detail}")
+    return done.stdout
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+class Data:
+    """The master data sets under scratch/master, plus the pristine copy of the image."""
+
+    def __init__(self, scratch: Path, sizes: Sizes, seed: int) -> None:
+        self.scratch, self.sizes, self.seed = scratch, sizes, seed
+        self.changed_blocks = 0
+        self.tree_bytes = 0
+
+    def master(self, dataset: str) -> Path:
+        return self.scratch / "master" / dataset
+
+    def pristine(self, dataset: str) -> Path:
+        return self.scratch / "pristine" / dataset
+
+    def make_dirs(self, datasets: set[str]) -> None:
+        for dataset in datasets:
+            self.master(dataset).mkdir(parents=True, exist_ok=True)
+
+    def build(self, datasets: set[str]) -> None:
+        s = self.sizes
+        if IMAGE in datasets:
+            self._timed(f"image {fmt_size(s.image)}", lambda: write_image(
+                self.master(IMAGE) / "disk.img", s.image, self.seed))
+            self._timed("pristine copy", lambda: copy_contents(
+                self.master(IMAGE), self.pristine(IMAGE)))
+        if SPARSE in datasets:
+            self._timed(f"sparse {fmt_size(s.sparse)}", lambda: write_sparse(
+                self.master(SPARSE) / "sparse.img", s.sparse, s.sparse_fraction, self.seed))
+        if TREE in datasets:
+            def tree() -> None:
+                self.tree_bytes = write_tree(self.master(TREE), s.tree_files, s.tree_dirs,
+                                             s.tree_max_file, self.seed)
+            self._timed(f"tree {s.tree_files:,} files", tree)
+        os.sync()  # so that no write-back of the data runs during the first timing
+
+    def change_image(self) -> None:
+        """Write 4 KiB into 1 % of the image's blocks, once."""
+        if not self.changed_blocks:
+            self.changed_blocks = change_blocks(self.master(IMAGE) / "disk.img",
+                                                self.sizes.changed_fraction, self.seed)
+            log(f"changed {self.changed_blocks} blocks of the image")
+
+    @staticmethod
+    def _timed(what: str, build: Callable[[], None]) -> None:
+        started = time.perf_counter()
+        build()
+        log(f"built {what} in {time.perf_counter() - started:.1f} s")
+
+
+# --- tools ------------------------------------------------------------------------------------
+
+
+class Tool(Protocol):
+    name: str
+
+    def replica(self, dataset: str) -> Path: ...
+
+    def sync(self, case: Case) -> None: ...
+
+    def bytes_sent(self, case: Case) -> int | None: ...
+
+
+class RsyncDaemon:
+    """An rsync daemon on 127.0.0.1 whose module ``replica`` is ``path``; a context manager."""
+
+    MODULE = "replica"
+
+    def __init__(self, scratch: Path, path: Path) -> None:
+        self.dir, self.path = scratch / "rsyncd", path
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> RsyncDaemon:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir(parents=True, exist_ok=True)
+        config = self.dir / "rsyncd.conf"
+        config.write_text(
+            f"log file = {self.dir / 'rsyncd.log'}\n"
+            "use chroot = no\n"
+            "read only = no\n"
+            "uid = root\n"
+            "gid = root\n"
+            f"[{self.MODULE}]\n"
+            f"    path = {self.path}\n"
+        )
+        self.port = free_loopback_port()
+        self._proc = subprocess.Popen(
+            ["rsync", "--daemon", "--no-detach", f"--config={config}", "--address=127.0.0.1",
+             f"--port={self.port}"],
+            stdout=subprocess.DEVNULL, stderr=(self.dir / "stderr.log").open("wb"))
+        proc = self._proc
+        wait_until(lambda: port_open(self.port), lambda: proc.poll() is None, 10, "rsync daemon")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._proc is not None:
+            stop_process(self._proc)
+
+    def url(self, dataset: str) -> str:
+        return f"rsync://127.0.0.1:{self.port}/{self.MODULE}/{dataset}/"
+
+
+class Rsync:
+    name = "rsync"
+
+    def __init__(self, data: Data, daemon: RsyncDaemon) -> None:
+        self._data, self._daemon = data, daemon
+        self._stats = ""
+
+    def replica(self, dataset: str) -> Path:
+        return self._daemon.path / dataset
+
+    def sync(self, case: Case) -> None:
+        # --stats only adds a summary at the end; it gives the bytes sent.
+        self._stats = run(["rsync", *case.rsync_flags, "--stats",
+                           f"{self._data.master(case.dataset)}/", self._daemon.url(case.dataset)],
+                          timeout=3600, what="rsync")
+
+    def bytes_sent(self, case: Case) -> int | None:
+        found = re.search(r"Total bytes sent: ([\d,.]+)", self._stats)
+        return int(re.sub(r"\D", "", found.group(1))) if found else None
+
+
+def rsync_version() -> str:
+    return run(["rsync", "--version"]).splitlines()[0].strip()
+
+
+class StandbyCli:
+    """Every standby command this benchmark runs, in one place, so they are easy to adjust.
+
+    The CLI is being written alongside this benchmark; this class codes against the agreed
+    interface (engine, id, peer add, scenario add, sync, report).
+    """
+
+    ENGINE_READY_TIMEOUT = 30.0
+
+    def __init__(self, exe: Path) -> None:
+        self.exe = exe
+
+    def start_engine(self, home: Path, name: str) -> subprocess.Popen[bytes]:
+        """Start an engine in the foreground; return once it wrote home/engine.json."""
+        home.mkdir(parents=True, exist_ok=True)
+        info = home / "engine.json"
+        info.unlink(missing_ok=True)
+        with (home.parent / f"{name}.log").open("wb") as output:
+            proc = subprocess.Popen(
+                # --home is the CLI's global option, so it goes before the command.
+                [self.exe, "--home", home, "engine", "--name", name,
+                 "--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"],
+                stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(lambda: self._engine_info(home) is not None, lambda: proc.poll() is None,
+                   self.ENGINE_READY_TIMEOUT, f"standby engine {name}")
+        return proc
+
+    def engine_info(self, home: Path) -> dict[str, Any]:
+        info = self._engine_info(home)
+        if info is None:
+            raise BenchError(f"{home}/engine.json is missing or incomplete")
+        return info
+
+    @staticmethod
+    def _engine_info(home: Path) -> dict[str, Any] | None:
+        try:
+            info = json.loads((home / "engine.json").read_text())
+        except (OSError, ValueError):  # not written yet, or half written
+            return None
+        if not isinstance(info, dict) or not {"fingerprint", "peer_address"} <= info.keys():
+            return None
+        return info
+
+    def fingerprint(self, home: Path) -> str:
+        return self._cli(home, "id").strip()
+
+    def add_peer(self, home: Path, name: str, address: str, fingerprint: str) -> None:
+        self._cli(home, "peer", "add", name, address, fingerprint)
+
+    def add_scenario(self, home: Path, toml: Path) -> None:
+        self._cli(home, "scenario", "add", str(toml))
+
+    def sync(self, home: Path, scenario: str, method: str, ignore_same_size_time: bool) -> None:
+        args = ["sync", scenario, "--method", method]
+        if ignore_same_size_time:
+            args.append("--ignore-same-size-time")
+        self._cli(home, *args, timeout=3600)
+
+    def report(self, home: Path, scenario: str) -> dict[str, Any]:
+        report = json.loads(self._cli(home, "report", scenario, "--json"))
+        if not isinstance(report, dict):
+            raise BenchError(f"standby report {scenario}: expected a JSON object")
+        return report
+
+    def _cli(self, home: Path, *args: str, timeout: float = 60) -> str:
+        return run([self.exe, "--home", home, *args], timeout=timeout,
+                   what=f"standby {' '.join(args[:2])}")
+
+
+def scenario_toml(name: str, master: Path, replica: Path, method: str) -> str:
+    q = json.dumps  # a JSON string is a valid TOML basic string
+    return (f"name = {q(name)}\nmaster = \"alpha\"\nreplica = \"beta\"\n\n"
+            f"[[roots]]\nmaster = {q(str(master))}\nreplica = {q(str(replica))}\n\n"
+            f"[sync]\nmethod = {q(method)}\n")
+
+
+class Standby:
+    """Two standby engines on loopback, alpha (master) and beta (replica), paired and given
+    one scenario per data set; a context manager that stops them on exit."""
+
+    name = "standby"
+
+    def __init__(self, cli: StandbyCli, data: Data, datasets: set[str]) -> None:
+        self.cli, self._data, self._datasets = cli, data, datasets
+        self.dir = data.scratch / "standby"
+        self.alpha, self.beta = self.dir / "alpha", self.dir / "beta"
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> Standby:
+        try:
+            self._start()
+        except BenchError as error:
+            self.__exit__()
+            raise BenchError(f"{error}\n{self.logs()}") from None
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _start(self) -> None:
+        for home in (self.alpha, self.beta):
+            self._procs.append(self.cli.start_engine(home, home.name))
+        alpha, beta = self.cli.engine_info(self.alpha), self.cli.engine_info(self.beta)
+        self.cli.add_peer(self.alpha, "beta", beta["peer_address"], beta["fingerprint"])
+        self.cli.add_peer(self.beta, "alpha", alpha["peer_address"], alpha["fingerprint"])
+        for dataset in sorted(self._datasets):
+            self.replica(dataset).mkdir(parents=True, exist_ok=True)
+            toml = self.dir / f"{self.scenario(dataset)}.toml"
+            method = "file" if dataset == TREE else "block"
+            toml.write_text(scenario_toml(self.scenario(dataset), self._data.master(dataset),
+                                          self.replica(dataset), method))
+            self.cli.add_scenario(self.alpha, toml)
+
+    def __exit__(self, *exc_info: object) -> None:
+        for proc in self._procs:
+            stop_process(proc)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {name}.log (last lines)\n{tail(self.dir / f'{name}.log')}"
+                         for name in ("alpha", "beta"))
+
+    @staticmethod
+    def scenario(dataset: str) -> str:
+        return f"bench-{dataset}"
+
+    def replica(self, dataset: str) -> Path:
+        return self._data.scratch / "replica-standby" / dataset
+
+    def sync(self, case: Case) -> None:
+        # `sync` on a scenario that was added but not started: with real-time replication
+        # running, our own changes to the master would be replicated before the timing.
+        self.cli.sync(self.alpha, self.scenario(case.dataset), case.method, case.quick_check)
+
+    def bytes_sent(self, case: Case) -> int | None:
+        sent = self.cli.report(self.alpha, self.scenario(case.dataset)).get("bytes_sent")
+        return sent if isinstance(sent, int) else None
+
+
+def find_standby(explicit: str | None) -> Path:
+    candidates = [Path(explicit)] if explicit else [Path(sys.executable).parent / "standby"]
+    if not explicit and (found := shutil.which("standby")):
+        candidates.append(Path(found))
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    raise BenchError("standby command not found: run scripts/install, pass --standby, "
+                     "or use --only-rsync")
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """One tool's runs of one case."""
+
+    seconds: list[float] = field(default_factory=list)
+    bytes_sent: list[int | None] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.seconds) if self.seconds and not self.error else None
+
+
+class Runner:
+    def __init__(self, data: Data, tools: Sequence[Tool], runs: int) -> None:
+        self.data, self.tools, self.runs = data, tools, runs
+        self._equal_ready: set[tuple[str, str]] = set()  # (tool, dataset) holding an EQUAL copy
+        self.cold_possible = True
+
+    def run_case(self, case: Case) -> dict[str, Outcome]:
+        if case.changed_master:
+            self.data.change_image()
+        elif case.key == "1" and self.data.changed_blocks:
+            raise BenchError("case 1 must run before the image is changed")
+        outcomes = {tool.name: Outcome() for tool in self.tools}
+        for index in range(self.runs):
+            # Alternate which tool goes first, so neither always inherits the other's leftovers.
+            order = self.tools if index % 2 == 0 else list(reversed(self.tools))
+            for tool in order:
+                outcome = outcomes[tool.name]
+                if outcome.error is None:
+                    self._run_once(case, tool, outcome, index)
+        return outcomes
+
+    def _run_once(self, case: Case, tool: Tool, outcome: Outcome, index: int) -> None:
+        label = f"[{case.key}] run {index + 1}/{self.runs} {tool.name}"
+        try:
+            self._prepare(case, tool)
+            self._settle(case, tool)
+            started = time.perf_counter()
+            tool.sync(case)
+            seconds = time.perf_counter() - started
+            sent = tool.bytes_sent(case)
+            problems = tree_differences(self.data.master(case.dataset),
+                                        tool.replica(case.dataset))
+            if problems:
+                raise BenchError("wrong copy: " + "; ".join(problems))
+        except BenchError as error:
+            outcome.error = str(error)
+            log(f"{label}: FAILED: {error}")
+            if isinstance(tool, Standby):
+                log(tool.logs())
+            return
+        outcome.seconds.append(seconds)
+        outcome.bytes_sent.append(sent)
+        sent_text = fmt_size(sent) if sent is not None else "?"
+        space = f", replica allocates {fmt_size(allocated(tool.replica(case.dataset)))}"
+        log(f"{label}: {seconds:.3f} s, sent {sent_text}, replica verified"
+            + (space if case.dataset == SPARSE else ""))
+
+    def _prepare(self, case: Case, tool: Tool) -> None:
+        replica = tool.replica(case.dataset)
+        if case.start is Start.EMPTY:
+            clear_dir(replica)
+        elif case.start is Start.PRISTINE:
+            copy_contents(self.data.pristine(case.dataset), replica)
+        elif (tool.name, case.dataset) not in self._equal_ready:
+            # A no-change resync leaves the replica as it was (each run verifies it), so one
+            # copy serves all runs; it also keeps the master's mtimes for the quick check.
+            copy_contents(self.data.master(case.dataset), replica)
+            self._equal_ready.add((tool.name, case.dataset))
+        if case.start is not Start.EQUAL:
+            self._equal_ready.discard((tool.name, case.dataset))
+
+    def _settle(self, case: Case, tool: Tool) -> None:
+        if case.cold:
+            if not drop_caches() and self.cold_possible:
+                self.cold_possible = False
+                log("warning: cannot drop caches (not root?): cold runs are warm")
+        else:
+            os.sync()  # no write-back of our preparation during the timing
+            warm(self.data.master(case.dataset))
+            warm(tool.replica(case.dataset))
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def fmt_seconds(outcome: Outcome | None) -> str:
+    if outcome is None:
+        return "-"
+    if outcome.error:
+        return "FAILED"
+    return f"{outcome.median:.2f}" if outcome.median is not None else "-"
+
+
+def fmt_sent(outcome: Outcome | None) -> str:
+    if outcome is None or outcome.error or not outcome.bytes_sent:
+        return "-"
+    sent = outcome.bytes_sent[-1]
+    return fmt_size(sent) if sent is not None else "?"
+
+
+def verdict(case: Case, rsync: Outcome | None, standby: Outcome | None) -> tuple[str, str]:
+    """The ratio cell and the result cell of one row."""
+    if any(o is not None and o.error for o in (rsync, standby)):
+        return "-", "FAILED"
+    if rsync is None or standby is None or not rsync.median or standby.median is None:
+        return "-", "-"
+    ratio = standby.median / rsync.median
+    return f"{ratio:.2f}", "ok" if ratio <= case.target else "MISSED"
+
+
+def report(args: argparse.Namespace, sizes: Sizes, data: Data, cases: Sequence[Case],
+           results: dict[str, dict[str, Outcome]], cold_possible: bool) -> str:
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True, check=False).stdout.strip()
+    image_blocks = sizes.image // MiB
+    lines = [
+        f"### sync_vs_rsync ({'quick' if args.quick else 'full'}), "
+        f"median of {args.runs} run{'s' if args.runs != 1 else ''}",
+        "",
+        f"- {time.strftime('%Y-%m-%d')}, standby {commit or '?'}, {rsync_version()}, "
+        f"Linux {platform.release()}, {os.cpu_count()} cores"
+        + ("" if cold_possible else ", **cold runs were warm (no drop_caches)**"),
+        f"- image: {fmt_size(sizes.image)} of 1 MiB blocks (50 % zeros, 25 % text-like, "
+        f"25 % random); changed: "
+        f"{data.changed_blocks or max(1, round(image_blocks * sizes.changed_fraction))}"
+        f" blocks x 4 KiB; sparse: {fmt_size(sizes.sparse)}, "
+        f"{sizes.sparse_fraction * 100:g} % data; tree: {sizes.tree_files:,} files of 0-"
+        f"{fmt_size(sizes.tree_max_file)} in {sizes.tree_dirs:,} directories"
+        + (f" ({fmt_size(data.tree_bytes)})" if data.tree_bytes else ""),
+        "- cold: sync and drop_caches before each run; warm: master and replica read first. "
+        "Ratio = standby / rsync, lower is better.",
+        "",
+        "| case | | cache | rsync s | standby s | ratio | target | result "
+        "| rsync sent | standby sent |",
+        "|---|---|---|--:|--:|--:|--:|---|--:|--:|",
+    ]
+    for case in cases:
+        outcomes = results.get(case.key, {})
+        rsync, standby = outcomes.get("rsync"), outcomes.get("standby")
+        ratio, result = verdict(case, rsync, standby)
+        lines.append(
+            f"| {case.key} | {case.title} | {'cold' if case.cold else 'warm'} "
+            f"| {fmt_seconds(rsync)} | {fmt_seconds(standby)} | {ratio} | <= {case.target:g} "
+            f"| {result} | {fmt_sent(rsync)} | {fmt_sent(standby)} |")
+    failures = [f"- {case.key} {tool}: {outcome.error}" for case in cases
+                for tool, outcome in results.get(case.key, {}).items() if outcome.error]
+    if failures:
+        lines += ["", "Failures:", *failures]
+    return "\n".join(lines) + "\n"
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="small data (256 MiB images, 5,000 files) for a smoke run")
+    parser.add_argument("--runs", type=int, default=3, help="runs per case and tool (median)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out",
+                        help="directory for the report (.md) and raw timings (.json)")
+    parser.add_argument("--scratch", type=Path, default=Path("/tmp/standby-bench"),
+                        help="where the data is built (removed at the end unless --keep)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    parser.add_argument("--only-rsync", action="store_true", help="time rsync alone")
+    parser.add_argument("--cases", help="comma-separated case keys (default: all)")
+    parser.add_argument("--standby", help="the standby command (default: the venv's)")
+    parser.add_argument("--seed", type=int, default=SEED)
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    return args
+
+
+def select_cases(cases: list[Case], keys: str | None) -> list[Case]:
+    if not keys:
+        return cases
+    wanted = [key.strip() for key in keys.split(",") if key.strip()]
+    unknown = set(wanted) - {case.key for case in cases}
+    if unknown:
+        raise BenchError(f"unknown case(s) {sorted(unknown)}; known: "
+                         + ", ".join(case.key for case in cases))
+    return [case for case in cases if case.key in wanted]
+
+
+@contextmanager
+def scratch_dir(path: Path, keep: bool) -> Iterator[Path]:
+    """Create ``path`` afresh; refuse a non-empty directory that we did not create."""
+    path = path.resolve()
+    if path.exists() and any(path.iterdir()):
+        if not (path / SCRATCH_MARKER).exists():
+            raise BenchError(f"{path} is not empty and not a scratch directory of ours")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / SCRATCH_MARKER).touch()
+    try:
+        yield path
+    finally:
+        if keep:
+            log(f"kept {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # so that SIGTERM, too, stops the engines and removes the data
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    sizes = QUICK if args.quick else FULL
+    try:
+        cases = select_cases(make_cases(sizes), args.cases)
+        if shutil.which("rsync") is None:
+            raise BenchError("rsync not found: run scripts/install")
+        standby_exe = None if args.only_rsync else find_standby(args.standby)
+        log(rsync_version())
+        datasets = {case.dataset for case in cases}
+        with ExitStack() as stack:
+            scratch = stack.enter_context(scratch_dir(args.scratch, args.keep))
+            data = Data(scratch, sizes, args.seed)
+            data.make_dirs(datasets)
+            # Start both tools before building the data: a tool that fails fails fast.
+            daemon = stack.enter_context(RsyncDaemon(scratch, scratch / "replica-rsync"))
+            tools: list[Tool] = [Rsync(data, daemon)]
+            if standby_exe is not None:
+                tools.append(stack.enter_context(
+                    Standby(StandbyCli(standby_exe), data, datasets)))
+            data.build(datasets)
+            runner = Runner(data, tools, args.runs)
+            results = {case.key: runner.run_case(case) for case in cases}
+            text = report(args, sizes, data, cases, results, runner.cold_possible)
+    except BenchError as error:
+        log(f"error: {error}")
+        return 1
+    except KeyboardInterrupt:
+        log("interrupted: engines and the rsync daemon were stopped")
+        return 130
+    write_results(args, text, results)
+    print(text, end="")
+    failed = any(o.error for outcomes in results.values() for o in outcomes.values())
+    return 1 if failed else 0
+
+
+def write_results(args: argparse.Namespace, text: str,
+                  results: dict[str, dict[str, Outcome]]) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"sync_vs_rsync-{'quick' if args.quick else 'full'}"
+    stem.with_suffix(".md").write_text(text)
+    raw = {key: {tool: asdict(o) for tool, o in outcomes.items()}
+           for key, outcomes in results.items()}
+    stem.with_suffix(".json").write_text(json.dumps(raw, indent=2) + "\n")
+    log(f"wrote {stem}.md and .json")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

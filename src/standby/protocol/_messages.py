@@ -11,6 +11,10 @@ Rules of this file:
    their shape loosely (types and sizes).
 4. A message whose last field is named ``payload`` carries it as the frame's raw payload, not
    inside the encoded metadata, so bulk data is never re-encoded.
+5. Only what survives the wire unchanged can be built: integers fit in 64 bits (int fields
+   refuse bool), text is encodable as UTF-8, and ``dict[str, Any]`` fields hold plain data
+   (None, bool, int, float, str, bytes, list, dict with str keys; no tuples) nested at most
+   MAX_DATA_DEPTH deep, so ``decode(encode(m)) == m`` holds for every message.
 """
 
 from __future__ import annotations
@@ -64,23 +68,15 @@ class Message:
     SENDER: ClassVar[Role]
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            expected = _FIELD_TYPES.get(f.type if isinstance(f.type, str) else "")
-            if expected is not None and not isinstance(value, expected):
-                raise LocalProtocolError(
-                    f"{type(self).__name__}.{f.name} must be {f.type}, got {type(value).__name__}"
-                )
-            if isinstance(value, int) and not isinstance(value, bool) and value < 0:
-                if f.name not in _SIGNED_FIELDS:
-                    raise LocalProtocolError(f"{type(self).__name__}.{f.name} must be >= 0")
+        _check_fields(self)
         self._validate()
 
     def _validate(self) -> None:
         """Per-message checks beyond field types; override where needed."""
 
 
-# The string annotations used in this file, mapped to the runtime types they must have.
+# The string annotations used in this file, mapped to the runtime types they must have. A field
+# whose annotation is missing here fails loudly (TypeError) instead of going unchecked.
 _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "int": int,
     "str": str,
@@ -91,9 +87,134 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "dict[str, Any]": dict,
     "tuple[int, ...]": tuple,
     "tuple[Entry, ...]": tuple,
+    # "EntryKind" and "Entry" are added below their classes.
 }
+# The annotation of each element of a tuple field.
+_ITEM_ANNOTATIONS = {"tuple[int, ...]": "int", "tuple[Entry, ...]": "Entry"}
 # mtimes may precede 1970.
 _SIGNED_FIELDS = frozenset({"mtime_ns"})
+
+# Integers travel as msgpack integers: unsigned fields up to 2**64 - 1, signed ones (mtimes) in
+# the int64 range. Anything wider could not be encoded, so it cannot be built either.
+_U64_MAX = (1 << 64) - 1
+_I64_MIN = -(1 << 63)
+_I64_MAX = (1 << 63) - 1
+
+#: How deeply lists and dicts may nest inside a ``dict[str, Any]`` field (scenario documents,
+#: statistics). Real documents nest a handful of levels; the bound keeps checking and decoding
+#: far from the interpreter's recursion limit whatever a peer sends.
+MAX_DATA_DEPTH = 32
+
+# Per class, for each field: (name, "Class.name", annotation, fast type, low, high), computed
+# once. A value whose type is exactly the fast type (and, for ints, within low..high; for str,
+# ASCII) is valid without further ado; anything else goes through _check_value, which accepts
+# the rest of what is valid (enums, subclasses, containers) and explains what is not.
+_FieldSpec = tuple[str, str, str, type | None, int, int]
+_FIELD_SPECS: dict[type, tuple[_FieldSpec, ...]] = {}
+_FAST_TYPES: dict[str, type] = {"int": int, "bytes": bytes, "bool": bool, "str": str}
+
+
+def _field_specs(cls: type[Message | Entry]) -> tuple[_FieldSpec, ...]:
+    specs = []
+    for f in fields(cls):
+        annotation = str(f.type)
+        low, high = (_I64_MIN, _I64_MAX) if f.name in _SIGNED_FIELDS else (0, _U64_MAX)
+        fast = _FAST_TYPES.get(annotation)
+        specs.append((f.name, f"{cls.__name__}.{f.name}", annotation, fast, low, high))
+    return tuple(specs)
+
+
+def _check_fields(obj: Message | Entry) -> None:
+    """Check every field of a message or entry against its annotation.
+
+    Raises:
+        LocalProtocolError: a field holds a value of the wrong type or out of range.
+        TypeError: a field's annotation has no runtime check (a bug in this file).
+    """
+    cls = type(obj)
+    specs = _FIELD_SPECS.get(cls)
+    if specs is None:
+        specs = _FIELD_SPECS[cls] = _field_specs(cls)
+    for name, where, annotation, fast, low, high in specs:
+        value = getattr(obj, name)
+        if type(value) is fast:
+            if type(value) is int:
+                if low <= value <= high:
+                    continue
+            elif type(value) is not str or value.isascii():
+                continue
+        _check_value(where, annotation, value, signed=low < 0)
+
+
+def _check_value(where: str, annotation: str, value: object, *, signed: bool = False) -> None:
+    expected = _FIELD_TYPES.get(annotation)
+    if expected is None:
+        raise TypeError(f"{where}: annotation {annotation!r} has no runtime check")
+    # bool is an int subclass, but True is no file size.
+    if not isinstance(value, expected) or (annotation == "int" and isinstance(value, bool)):
+        raise LocalProtocolError(f"{where} must be {annotation}, got {type(value).__name__}")
+    if isinstance(value, int):  # bool included: 0 and 1 pass
+        _check_int(where, value, signed=signed)
+    elif isinstance(value, str):
+        _check_text(where, value)
+    elif isinstance(value, tuple):
+        item_annotation = _ITEM_ANNOTATIONS[annotation]
+        item_type = _FIELD_TYPES[item_annotation]
+        for item in value:
+            # The common case inline (a listing holds thousands of entries); the rest explained.
+            if type(item) is not item_type or (type(item) is int and not 0 <= item <= _U64_MAX):
+                _check_value(where, item_annotation, item)
+    elif isinstance(value, dict):
+        _check_data(where, value, 1)
+
+
+def _check_int(where: str, value: int, *, signed: bool) -> None:
+    if signed:
+        if not _I64_MIN <= value <= _I64_MAX:
+            raise LocalProtocolError(f"{where} must fit in a signed 64-bit integer")
+    elif value < 0:
+        raise LocalProtocolError(f"{where} must be >= 0")
+    elif value > _U64_MAX:
+        raise LocalProtocolError(f"{where} must be < 2**64")
+
+
+def _check_text(where: str, value: str) -> None:
+    # Text travels as UTF-8: a lone surrogate (from surrogateescape, say) cannot.
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise LocalProtocolError(f"{where} is not encodable as UTF-8") from None
+
+
+def _check_data(where: str, value: object, depth: int) -> None:
+    """Check that ``value`` is plain data that survives the wire unchanged.
+
+    Plain data is None, bool, int (int64 or uint64), float, str, bytes, list, and dict with
+    str keys, nested at most MAX_DATA_DEPTH deep. Tuples are refused: they would come back as
+    lists, and the message would no longer equal itself after a round trip.
+    """
+    if value is None or isinstance(value, bool | float | bytes):
+        return
+    if isinstance(value, int):
+        if not _I64_MIN <= value <= _U64_MAX:
+            raise LocalProtocolError(f"{where} holds an integer wider than 64 bits")
+    elif isinstance(value, str):
+        _check_text(where, value)
+    elif isinstance(value, list | dict):
+        if depth > MAX_DATA_DEPTH:
+            raise LocalProtocolError(f"{where} nests deeper than {MAX_DATA_DEPTH} levels")
+        if isinstance(value, list):
+            for item in value:
+                _check_data(where, item, depth + 1)
+        else:
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise LocalProtocolError(f"{where} keys must be str, got {type(key).__name__}")
+                _check_text(where, key)
+                _check_data(where, item, depth + 1)
+    else:
+        raise LocalProtocolError(f"{where} cannot hold {type(value).__name__} (plain data only)")
 
 
 # --- handshake and session control -------------------------------------------------------------
@@ -193,6 +314,27 @@ class Entry:
     mtime_ns: int
     mode: int  # permission bits only (S_IMODE)
     target: bytes = b""  # symlink target, as stored
+
+    def __post_init__(self) -> None:
+        # Listings hold millions of entries: test the common, valid case inline and leave the
+        # precise diagnosis (and the odd subclass of bytes or int) to the generic check.
+        size, mode, mtime_ns = self.size, self.mode, self.mtime_ns
+        if not (
+            type(self.path) is bytes
+            and type(self.target) is bytes
+            and type(self.kind) is EntryKind
+            and type(size) is int
+            and type(mode) is int
+            and type(mtime_ns) is int
+            and 0 <= size <= _U64_MAX
+            and 0 <= mode <= _U64_MAX
+            and _I64_MIN <= mtime_ns <= _I64_MAX
+        ):
+            _check_fields(self)
+
+
+_FIELD_TYPES["EntryKind"] = EntryKind
+_FIELD_TYPES["Entry"] = Entry
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

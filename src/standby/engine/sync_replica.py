@@ -59,7 +59,7 @@ log = logging.getLogger("standby.replica")
 
 #: Entries per listing message: keeps each frame well under the metadata limit (an entry with
 #: a long path is a few hundred bytes) while amortizing per-frame costs.
-LISTING_BATCH = 2000
+LISTING_BATCH = 1000
 #: Staged whole files are committed (made durable, then renamed) in batches of this many files
 #: or bytes, whichever comes first: few syncfs calls, bounded work lost on a crash.
 COMMIT_BATCH_FILES = 1000

@@ -83,6 +83,8 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "bytes": bytes,
     "bool": bool,
     "bytes | None": (bytes, type(None)),
+    # A payload may be a view of the sender's reused read buffer: sent without a copy.
+    "bytes | memoryview": (bytes, memoryview),
     "str | None": (str, type(None)),
     "dict[str, Any]": dict,
     "tuple[int, ...]": tuple,
@@ -520,7 +522,7 @@ class BlockData(Message):
     file_id: int
     offset: int
     digests: bytes
-    payload: bytes
+    payload: bytes | memoryview
 
     def _validate(self) -> None:
         if not self.digests or len(self.digests) % BLOCK_DIGEST_SIZE:

@@ -58,7 +58,7 @@ class Root(_Model):
     @classmethod
     def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for pattern in value:
-            if not pattern or pattern.startswith("/") and len(pattern) == 1:
+            if not pattern or (pattern.startswith("/") and len(pattern) == 1):
                 raise ValueError(f"empty or bare '/' pattern in {list(value)!r}")
         return value
 

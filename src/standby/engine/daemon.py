@@ -8,6 +8,7 @@ SIGTERM stop the API server; then jobs are cancelled and the peer server closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -78,8 +79,6 @@ def run_engine(home: Path, name: str | None, listen: str | None, api: str | None
         server.stop()
         engine.emit(ev.ENGINE_STOPPED, f"engine {engine.name} stopped")
         engine.close()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             (home / "engine.json").unlink()
-        except FileNotFoundError:
-            pass
     return 0

@@ -29,68 +29,68 @@ def _e(code: str, severity: Severity, title: str, action: str = "") -> EventType
     return EventType(code, severity, title, action)
 
 
-I, W, E = Severity.INFO, Severity.WARNING, Severity.ERROR
+INFO, WARN, ERR = Severity.INFO, Severity.WARNING, Severity.ERROR
 
-ENGINE_STARTED = _e("SB1001", I, "engine started")
-ENGINE_STOPPED = _e("SB1002", I, "engine stopped")
-PEER_ADDED = _e("SB1101", I, "peer paired")
+ENGINE_STARTED = _e("SB1001", INFO, "engine started")
+ENGINE_STOPPED = _e("SB1002", INFO, "engine stopped")
+PEER_ADDED = _e("SB1101", INFO, "peer paired")
 PEER_REFUSED = _e(
-    "SB1102", W, "incoming connection refused: certificate not paired",
+    "SB1102", WARN, "incoming connection refused: certificate not paired",
     "If this host should be trusted, run `standby peer add NAME HOST:PORT FINGERPRINT` here.",
 )
 PEER_MISMATCH = _e(
-    "SB1103", E, "peer presented another fingerprint than the one paired",
+    "SB1103", ERR, "peer presented another fingerprint than the one paired",
     "Check that the address points at the right host; if its identity was recreated on purpose, "
     "remove and add the peer again with the new fingerprint (`standby id` on that host).",
 )
 PEER_UNREACHABLE = _e(
-    "SB1104", W, "peer unreachable",
+    "SB1104", WARN, "peer unreachable",
     "Check that the peer engine runs and that its peer port is reachable from here.",
 )
-PEER_REMOVED = _e("SB1105", I, "peer removed")
+PEER_REMOVED = _e("SB1105", INFO, "peer removed")
 PEER_NOT_TRUSTING = _e(
-    "SB1106", W, "peer does not trust this engine yet",
+    "SB1106", WARN, "peer does not trust this engine yet",
     "Run `standby peer add` on the peer too, naming this engine and its fingerprint.",
 )
-SCENARIO_ADDED = _e("SB2001", I, "scenario added")
-SCENARIO_REMOVED = _e("SB2002", I, "scenario removed")
-SCENARIO_STARTED = _e("SB2003", I, "scenario started")
-SCENARIO_STOPPED = _e("SB2004", I, "scenario stopped")
-SCENARIO_RECEIVED = _e("SB2005", I, "scenario received from its master engine")
-SYNC_STARTED = _e("SB2101", I, "synchronization started")
-SYNC_COMPLETED = _e("SB2102", I, "synchronization completed")
+SCENARIO_ADDED = _e("SB2001", INFO, "scenario added")
+SCENARIO_REMOVED = _e("SB2002", INFO, "scenario removed")
+SCENARIO_STARTED = _e("SB2003", INFO, "scenario started")
+SCENARIO_STOPPED = _e("SB2004", INFO, "scenario stopped")
+SCENARIO_RECEIVED = _e("SB2005", INFO, "scenario received from its master engine")
+SYNC_STARTED = _e("SB2101", INFO, "synchronization started")
+SYNC_COMPLETED = _e("SB2102", INFO, "synchronization completed")
 SYNC_FAILED = _e(
-    "SB2103", E, "synchronization failed",
+    "SB2103", ERR, "synchronization failed",
     "Read the reason; fix it and run `standby sync NAME` again. The replica stays marked "
     "inconsistent until a synchronization completes.",
 )
 DELETION_GUARD = _e(
-    "SB2104", E, "deletion guard: nothing deleted",
+    "SB2104", ERR, "deletion guard: nothing deleted",
     "The master root could not be listed or is empty while the replica root is not. Check that "
     "the master root is mounted and readable; if it really is empty, empty the replica root by "
     "hand.",
 )
-SPECIAL_SKIPPED = _e("SB2105", W, "special files skipped (sockets, FIFOs, devices)")
+SPECIAL_SKIPPED = _e("SB2105", WARN, "special files skipped (sockets, FIFOs, devices)")
 FILE_REDONE = _e(
-    "SB2106", W, "file digest mismatch after transfer; file sent again whole",
+    "SB2106", WARN, "file digest mismatch after transfer; file sent again whole",
     "Repeated mismatches point at failing storage or memory on one of the hosts.",
 )
 FILE_FAILED = _e(
-    "SB2107", E, "file could not be synchronized",
+    "SB2107", ERR, "file could not be synchronized",
     "Read the reason (permissions, disk full, file vanished); fix it and synchronize again.",
 )
-REPLICA_INCONSISTENT = _e("SB2108", W, "replica marked inconsistent until synchronization completes")
+REPLICA_INCONSISTENT = _e("SB2108", WARN, "replica marked inconsistent until synchronization completes")
 PROTOCOL_ERROR = _e(
-    "SB3001", E, "protocol error: session ended",
+    "SB3001", ERR, "protocol error: session ended",
     "The peer sent something malformed or out of order. Check both engines run the same "
     "standby version; if they do, report it as a bug with both engines' logs.",
 )
 PATH_REFUSED = _e(
-    "SB3002", E, "path outside the replica root refused: session ended",
+    "SB3002", ERR, "path outside the replica root refused: session ended",
     "A peer asked to write outside the configured replica root. If the peer is not yours, "
     "remove it (`standby peer remove`); otherwise report it as a bug.",
 )
-SESSION_ERROR = _e("SB3003", E, "peer session ended by an error")
+SESSION_ERROR = _e("SB3003", ERR, "peer session ended by an error")
 
 CATALOG: dict[str, EventType] = {
     ev.code: ev for ev in list(globals().values()) if isinstance(ev, EventType)

@@ -6,6 +6,7 @@ that fails, whatever the reason, ends that session only; the accept loop goes on
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
@@ -50,10 +51,8 @@ class PeerServer:
 
     def stop(self) -> None:
         self._stopping.set()
-        try:
+        with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._listener.close()
 
     def _accept_loop(self) -> None:

@@ -8,6 +8,7 @@ object is touched under a third, briefly.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import TypeVar
 
@@ -121,10 +122,8 @@ class Session:
 
     def fail(self, code: str, message: str) -> None:
         """Tell the peer why we end the session; best effort."""
-        try:
+        with contextlib.suppress(Exception):
             self.send(Failure(code=code, message=message[:2000]))
-        except Exception:
-            pass
 
     def close(self) -> None:
         """Say Goodbye when the session is still open, then close the channel."""

@@ -182,7 +182,8 @@ class Store:
     def update_scenario(self, name: str, *, state: str | None = None,
                         consistent: bool | None = None,
                         stats: dict[str, Any] | None = None) -> None:
-        sets, args = ["updated_at = ?"], [time.time()]
+        sets: list[str] = ["updated_at = ?"]
+        args: list[Any] = [time.time()]
         if state is not None:
             sets.append("state = ?")
             args.append(state)
@@ -191,7 +192,7 @@ class Store:
             args.append(int(consistent))
         if stats is not None:
             sets.append("stats = ?")
-            args.append(json.dumps(stats))  # type: ignore[arg-type]
+            args.append(json.dumps(stats))
         with self._tx() as db:
             db.execute(f"UPDATE scenarios SET {', '.join(sets)} WHERE name = ?", (*args, name))
 

@@ -27,8 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..blocks import block_digests, coarse_digests, differing_indexes, file_digest, is_zero, \
-    zero_digest
+from ..blocks import block_digests, differing_indexes, file_digest, zero_blocks, zero_digest
 from ..config import PathFilter, Root, Scenario, SyncOptions
 from ..protocol import (
     BLOCK_DIGEST_SIZE,
@@ -57,7 +56,7 @@ from ..protocol import (
     SyncMethod,
     ZeroRange,
 )
-from ..storage.hashing import hash_file
+from ..storage.hashing import hash_file, new_buffer
 from ..storage.tree import ListingError, LocalEntry, scan_tree
 from . import events as ev
 from .channel import LinkError
@@ -196,8 +195,8 @@ class MasterSync:
         self.options = options
         self.progress = Progress()
         self.counters = _Counters()
-        self._buffer = bytearray(8 * 1024 * 1024)
-        self._run_buffer = bytearray(MAX_RUN)
+        # One page-aligned read buffer, reused for hashing, whole files and block runs.
+        self.buffer = new_buffer(max(8 * 1024 * 1024, 2 * options.block_size))
 
     def run(self, cancelled: threading.Event) -> dict[str, Any]:
         name = self.scenario.name
@@ -266,6 +265,7 @@ class _RootSync:
         self.cancelled = cancelled
         self.c = job.counters
         self.progress = job.progress
+        self.buffer = job.buffer
         self.root_bytes = os.fsencode(root.master)
         self.mail = _Mailbox(cancelled)
         self.session: Session | None = None
@@ -344,16 +344,16 @@ class _RootSync:
             raise JobFailed(f"deletion guard: {message}") from None
         replica_list: list[Entry] = []
         while True:
-            message = self.session.recv()
-            if isinstance(message, Entries):
-                replica_list.extend(message.entries)
-            elif isinstance(message, EntriesEnd):
-                if message.error is not None:
+            reply = self.session.recv()
+            if isinstance(reply, Entries):
+                replica_list.extend(reply.entries)
+            elif isinstance(reply, EntriesEnd):
+                if reply.error is not None:
                     raise JobFailed(f"replica root {self.root.replica} cannot be listed: "
-                                    f"{message.error}")
+                                    f"{reply.error}")
                 break
             else:
-                raise RemoteProtocolError(f"unexpected {type(message).__name__} in listing")
+                raise RemoteProtocolError(f"unexpected {type(reply).__name__} in listing")
         flt = PathFilter(self.root.include, self.root.exclude)
         master = _filtered(master_list, flt)
         replica = _filtered(replica_list, flt)
@@ -576,11 +576,11 @@ class _RootSync:
             else:
                 self.c.files_updated += 1
 
-    def _send_file_end(self, work: _FileWork, size: int, digests: bytes) -> None:
+    def _send_file_end(self, work: _FileWork, size: int, digest: bytes) -> None:
         assert self.session is not None
         entry = work.entry
         self.session.send(FileEnd(file_id=work.file_id, size=size, mode=entry.mode,
-                                  mtime_ns=entry.mtime_ns, digest=file_digest(digests, size)))
+                                  mtime_ns=entry.mtime_ns, digest=digest))
         self._sent[work.file_id] = work
         self.outstanding += 1
 
@@ -591,7 +591,8 @@ class _RootSync:
         self.session.send(FileBegin(file_id=work.file_id, path=work.path, size=size, whole=True))
         full, rest = divmod(size, bs)
         digests = bytearray(zero_digest(bs) * full + (zero_digest(rest) if rest else b""))
-        buffer = memoryview(self._buffer)
+        buffer = memoryview(self.buffer)
+        buffer = buffer[:len(buffer) - len(buffer) % bs]
         for start, end in _data_extents(fd, size, bs):
             offset = start
             while offset < end:
@@ -601,37 +602,41 @@ class _RootSync:
                     raise OSError(5, f"file shrank while read (at {offset})")
                 chunk = buffer[:got]
                 self.c.bytes_compared += got
-                for run_start, run_end in _nonzero_runs(chunk, bs, max(MAX_RUN, bs)):
-                    view = chunk[run_start:run_end]
-                    run_digests = block_digests(view, bs)
-                    send(BlockData(file_id=work.file_id, offset=offset + run_start,
-                                   digests=run_digests, payload=view))  # type: ignore[arg-type]
-                    first = (offset + run_start) // bs * BLOCK_DIGEST_SIZE
-                    digests[first:first + len(run_digests)] = run_digests
+                chunk_digests = block_digests(chunk, bs)
+                first_block = offset // bs
+                span = first_block * BLOCK_DIGEST_SIZE
+                digests[span:span + len(chunk_digests)] = chunk_digests
+                zeros = zero_blocks(chunk, bs, chunk_digests)
+                for lo, hi in _data_runs(-(-got // bs), zeros, max(1, MAX_RUN // bs)):
+                    view = chunk[lo * bs:hi * bs]
+                    send(BlockData(file_id=work.file_id, offset=offset + lo * bs,
+                                   digests=chunk_digests[lo * BLOCK_DIGEST_SIZE:
+                                                         hi * BLOCK_DIGEST_SIZE],
+                                   payload=view))
                     self.c.bytes_sent += len(view)
                     self.progress.bytes_sent += len(view)
                 offset += got
-        self._send_file_end(work, size, bytes(digests))
+        self._send_file_end(work, size, file_digest(bytes(digests), size))
         return True
 
     def _compare_and_send(self, work: _FileWork, fd: int) -> bool:
         """Two-level block comparison; send only what differs. Returns whether it did."""
         assert self.session is not None
-        ours = hash_file(fd, self.bs, buffer=self._buffer)
+        ours = hash_file(fd, self.bs, buffer=self.buffer, range_blocks=self.rb)
         self.c.bytes_compared += ours.bytes_read
         reply = self.mail.take(work.file_id, RangeDigests)
         assert isinstance(reply, RangeDigests)
         if reply.missing:
             work.theirs = None
             return self._send_whole(work, fd, ours.size)
-        our_digests = bytes(ours.block_digests)
-        ranges = differing_indexes(coarse_digests(our_digests, self.rb), reply.digests)
+        our_digests = ours.block_digests
+        ranges = differing_indexes(ours.coarse_digests, reply.digests)
         total_ranges = max(-(-ours.size // (self.bs * self.rb)), 1)
         if not ranges and ours.size == reply.size:
             # Equal content: attributes, if they differ, are set with the other files' at the end.
-            theirs = work.theirs
-            differ = theirs is None or (theirs.mode, theirs.mtime_ns) != (
-                work.entry.mode, work.entry.mtime_ns)
+            old = work.theirs
+            differ = old is None or (old.mode, old.mtime_ns) != (work.entry.mode,
+                                                                 work.entry.mtime_ns)
             work.action = "attrs" if differ else "same"
             return False
         if len(ranges) / total_ranges > self.options.whole_file_threshold:
@@ -660,8 +665,8 @@ class _RootSync:
                           if (base + i) * self.bs < ours.size)
         self.session.send(FileBegin(file_id=work.file_id, path=work.path, size=ours.size,
                                     whole=False))
-        self._send_blocks(work, fd, blocks, ours.zero_blocks)
-        self._send_file_end(work, ours.size, our_digests)
+        self._send_blocks(work, fd, blocks, ours.is_zero_block)
+        self._send_file_end(work, ours.size, ours.file_digest)
         return True
 
     def _send_blocks(self, work: _FileWork, fd: int, blocks: list[int],
@@ -670,7 +675,7 @@ class _RootSync:
         at most MAX_RUN bytes."""
         assert self.session is not None
         bs, size = self.bs, work.entry.size
-        buffer = memoryview(self._run_buffer)
+        buffer = memoryview(self.buffer)
         per_run = max(1, MAX_RUN // bs)
         for first, count, zeros in _runs(blocks, zero, per_run):
             offset = first * bs
@@ -685,8 +690,7 @@ class _RootSync:
                 raise OSError(5, f"file changed size while read (at {offset})")
             view = buffer[:length]
             self.session.send(BlockData(file_id=work.file_id, offset=offset,
-                                        digests=block_digests(view, bs),
-                                        payload=view))  # type: ignore[arg-type]
+                                        digests=block_digests(view, bs), payload=view))
             self.c.bytes_sent += length
             self.progress.bytes_sent += length
 
@@ -708,24 +712,16 @@ def _runs(blocks: list[int], zero: Callable[[int], bool],
         yield first, count, zeros
 
 
-def _nonzero_runs(chunk: memoryview, block_size: int,
-                  limit: int = MAX_RUN) -> Iterator[tuple[int, int]]:
-    """Byte ranges of ``chunk`` made of consecutive blocks that are not all zeros, each at
-    most ``limit`` bytes long."""
-    start = None
-    length = len(chunk)
-    for offset in range(0, length, block_size):
-        if is_zero(chunk[offset:offset + block_size]):
-            if start is not None:
-                yield start, offset
-                start = None
-        elif start is None:
-            start = offset
-        elif offset - start >= limit:
-            yield start, offset
-            start = offset
-    if start is not None:
-        yield start, length
+def _data_runs(blocks: int, zeros: list[int], limit: int) -> Iterator[tuple[int, int]]:
+    """Runs ``[lo, hi)`` of the ``blocks`` blocks of a chunk that are not in ``zeros`` (sorted
+    indexes of all-zero blocks), each at most ``limit`` blocks long."""
+    lo = 0
+    for stop in [*zeros, blocks]:
+        while lo < stop:
+            hi = min(stop, lo + limit)
+            yield lo, hi
+            lo = hi
+        lo = stop + 1
 
 
 def _filtered(entries: list[Any], flt: PathFilter) -> dict[bytes, Any]:

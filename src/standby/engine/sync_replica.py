@@ -49,7 +49,6 @@ from ..protocol import (
 from ..replica.confine import ConfinedRoot
 from ..storage.hashing import hash_file
 from ..storage.tree import ListingError, scan_tree
-from . import events as ev
 
 if TYPE_CHECKING:
     from .engine import Engine

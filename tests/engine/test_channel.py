@@ -514,6 +514,19 @@ def test_any_buffer_shape_is_sent_as_bytes(pair: tuple[SecureChannel, SecureChan
     assert received == expected
 
 
+def test_a_bad_argument_to_send_does_not_break_the_channel(
+    pair: tuple[SecureChannel, SecureChannel],
+) -> None:
+    """A TypeError before anything was encrypted leaves the stream intact."""
+    client, server = pair
+
+    with pytest.raises(TypeError):
+        client.send(["not bytes"])  # type: ignore[list-item]
+    client.send([b"still fine"])
+
+    assert server.recv() == b"still fine"
+
+
 def test_recv_returns_at_most_max_bytes(pair: tuple[SecureChannel, SecureChannel]) -> None:
     """Data beyond max_bytes stays for the next call, in order."""
     client, server = pair

@@ -703,9 +703,11 @@ class SecureChannel:
         """
         with self._send_lock:
             self._check_usable("send")
+            encrypted = False
             try:
                 for batch, size in _batches(pieces):
                     with self._tls_lock:
+                        encrypted = True
                         for part in batch:
                             self._tls.obj.write(part)
                         data = self._tls.outgoing.read()
@@ -714,9 +716,9 @@ class SecureChannel:
             except OSError as exc:  # ssl.SSLError included
                 raise self._failure("send", exc) from exc
             except BaseException:
-                # Interrupted between encrypting a record and writing it: the stream is unusable.
-                self._mark_broken("send was interrupted")
-                raise
+                if encrypted:  # e.g. KeyboardInterrupt between encrypting and writing a record
+                    self._mark_broken("a send was interrupted mid-stream")
+                raise  # else a bad argument (TypeError...): nothing was sent, no harm done
 
     def recv(self, max_bytes: int = DEFAULT_MAX_RECV) -> bytes:
         """Receive up to ``max_bytes`` bytes: whatever has arrived, waiting for at least one.

@@ -103,7 +103,11 @@ class PeerServer:
         session = Session(channel, Role.ACCEPTOR, engine.name)
         scenario: str | None = None
         try:
-            hello = session.accept()
+            try:
+                hello = session.accept()
+            except LinkError as exc:  # e.g. `peer add` on the other side: it only wanted our
+                log.info("%s (%s) left before the handshake: %s", peer, where, exc)  # certificate
+                return
             session.peer_engine = peer  # the paired name, not the one the peer claims
             if hello.purpose == "control":
                 self._control(session, peer)

@@ -7,7 +7,7 @@ directories, files, links and attributes; then it streams the work over one sess
 - block method: the master asks the replica for the coarse digests of a file (a few files
   ahead, so both hosts hash at the same time and no round trip is waited for), compares them
   with its own, asks for the block digests of the differing ranges only, and sends the
-  differing blocks. Past ``whole_file_threshold`` of differing ranges it sends the file whole.
+  differing blocks. Past ``whole_file_threshold`` of differing blocks it sends the file whole.
 
 Whole files are read once: holes (SEEK_DATA/SEEK_HOLE) are skipped, all-zero blocks are not
 sent (the replica's new file reads as zeros there), and block digests are computed on the way
@@ -465,8 +465,9 @@ class _RootSync:
             theirs = present.get(path)
             if theirs is None:
                 action = "whole"
-            elif quick and theirs.size == entry.size and theirs.mtime_ns == entry.mtime_ns:
-                if theirs.mode == entry.mode:
+            elif (quick and theirs.size == entry.size and theirs.mtime_ns == entry.mtime_ns) or (
+                    block and entry.size == theirs.size == 0):
+                if (theirs.mode, theirs.mtime_ns) == (entry.mode, entry.mtime_ns):
                     self.progress.files_done += 1
                     continue
                 action = "attrs"
@@ -631,7 +632,6 @@ class _RootSync:
             return self._send_whole(work, fd, ours.size)
         our_digests = ours.block_digests
         ranges = differing_indexes(ours.coarse_digests, reply.digests)
-        total_ranges = max(-(-ours.size // (self.bs * self.rb)), 1)
         if not ranges and ours.size == reply.size:
             # Equal content: attributes, if they differ, are set with the other files' at the end.
             old = work.theirs
@@ -639,8 +639,6 @@ class _RootSync:
                                                                  work.entry.mtime_ns)
             work.action = "attrs" if differ else "same"
             return False
-        if len(ranges) / total_ranges > self.options.whole_file_threshold:
-            return self._send_whole(work, fd, ours.size)
         span = self.rb * BLOCK_DIGEST_SIZE
         known = len(reply.digests) // BLOCK_DIGEST_SIZE  # ranges the replica has at all
         asked = tuple(r for r in ranges if r < known)
@@ -663,6 +661,8 @@ class _RootSync:
             base = r * self.rb
             blocks.extend(base + i for i in differing_indexes(mine, theirs.get(r, b""))
                           if (base + i) * self.bs < ours.size)
+        if len(blocks) > self.options.whole_file_threshold * max(ours.blocks, 1):
+            return self._send_whole(work, fd, ours.size)
         self.session.send(FileBegin(file_id=work.file_id, path=work.path, size=ours.size,
                                     whole=False))
         self._send_blocks(work, fd, blocks, ours.is_zero_block)

@@ -47,7 +47,7 @@ from ..protocol import (
     ZeroRange,
 )
 from ..replica.confine import ConfinedRoot
-from ..storage.hashing import hash_file
+from ..storage.hashing import hash_file, new_buffer
 from ..storage.tree import ListingError, scan_tree
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ class ReplicaSync:
         self._file: _File | None = None
         self._staged: list[_Staged] = []
         self._staged_bytes = 0
-        self._buffer = bytearray(8 * 1024 * 1024)
+        self._buffer = new_buffer()
 
     # --- session --------------------------------------------------------------------------------
 

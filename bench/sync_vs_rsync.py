@@ -454,6 +454,9 @@ class Runner:
         self.data, self.tools, self.runs = data, tools, runs
         self._equal_ready: set[tuple[str, str]] = set()  # (tool, dataset) holding an EQUAL copy
         self.cold_possible = True
+        # 1-minute load average before and after the runs: other work on the machine skews
+        # absolute times (ratios suffer less, as both tools share the load).
+        self.load = (0.0, 0.0)
 
     def run_case(self, case: Case) -> dict[str, Outcome]:
         if case.changed_master:
@@ -550,7 +553,7 @@ def verdict(case: Case, rsync: Outcome | None, standby: Outcome | None) -> tuple
 
 
 def report(args: argparse.Namespace, sizes: Sizes, data: Data, cases: Sequence[Case],
-           results: dict[str, dict[str, Outcome]], cold_possible: bool) -> str:
+           results: dict[str, dict[str, Outcome]], runner: Runner) -> str:
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True, check=False).stdout.strip()
     image_blocks = sizes.image // MiB
@@ -559,8 +562,9 @@ def report(args: argparse.Namespace, sizes: Sizes, data: Data, cases: Sequence[C
         f"median of {args.runs} run{'s' if args.runs != 1 else ''}",
         "",
         f"- {time.strftime('%Y-%m-%d')}, standby {commit or '?'}, {rsync_version()}, "
-        f"Linux {platform.release()}, {os.cpu_count()} cores"
-        + ("" if cold_possible else ", **cold runs were warm (no drop_caches)**"),
+        f"Linux {platform.release()}, {os.cpu_count()} cores, load average "
+        f"{runner.load[0]:.1f} before and {runner.load[1]:.1f} after the runs"
+        + ("" if runner.cold_possible else ", **cold runs were warm (no drop_caches)**"),
         f"- image: {fmt_size(sizes.image)} of 1 MiB blocks (50 % zeros, 25 % text-like, "
         f"25 % random); changed: "
         f"{data.changed_blocks or max(1, round(image_blocks * sizes.changed_fraction))}"
@@ -670,8 +674,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     Standby(StandbyCli(standby_exe), data, datasets)))
             data.build(datasets)
             runner = Runner(data, tools, args.runs)
+            load_before = os.getloadavg()[0]
             results = {case.key: runner.run_case(case) for case in cases}
-            text = report(args, sizes, data, cases, results, runner.cold_possible)
+            runner.load = (load_before, os.getloadavg()[0])
+            text = report(args, sizes, data, cases, results, runner)
     except BenchError as error:
         log(f"error: {error}")
         return 1

@@ -130,18 +130,31 @@ def _nested(a: str, b: str) -> bool:
     return pa == pb or pa.is_relative_to(pb) or pb.is_relative_to(pa)
 
 
+_FRIENDLY = {
+    "string_pattern_mismatch": "use 1-63 letters, digits, '.', '_' or '-', starting with a "
+                               "letter or digit",
+    "too_short": "at least one is required",
+}
+
+
 def _format_errors(source: str, error: ValidationError) -> str:
+    items = error.errors()
+    locs = [tuple(item["loc"]) for item in items]
     lines = []
-    for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+    for item, loc in zip(items, locs, strict=True):
+        if any(other != loc and other[:len(loc)] == loc for other in locs):
+            continue  # a container's error caused by an item already reported below it
+        where = ".".join(str(part) for part in loc) or "(top level)"
         if item["type"] == "extra_forbidden":
             message = "unknown field (check the spelling; see docs/configuration.md)"
         elif item["type"] == "missing":
             message = "required field is missing"
+        elif item["type"] in _FRIENDLY:
+            message = f"{_FRIENDLY[item['type']]} (got {item['input']!r})"
+        elif item["type"] == "value_error":
+            message = item["msg"].removeprefix("Value error, ")  # our messages say what we got
         else:
-            message = item["msg"].removeprefix("Value error, ")
-            if "input" in item and item["type"] not in ("model_type",):
-                message += f" (got {item['input']!r})"
+            message = f"{item['msg']} (got {item['input']!r})"
         lines.append(f"{source}: {where}: {message}")
     return "\n".join(lines)
 

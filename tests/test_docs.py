@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_events_doc_lists_every_event() -> None:
     """docs/events.md is exactly what scripts/events-doc.py renders from the catalog."""
     spec = importlib.util.spec_from_file_location("events_doc", ROOT / "scripts" / "events-doc.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     expected = module.render()

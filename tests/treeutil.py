@@ -46,6 +46,6 @@ def assert_trees_equal(master: Path | str, replica: Path | str, *, mtimes: bool 
     extra = sorted(set(b) - set(a))[:10]
     differ = sorted(k for k in set(a) & set(b) if a[k] != b[k])[:10]
     details = [(k, a[k], b[k]) for k in differ]
-    assert not (missing or extra or differ), (
-        f"trees differ:\n missing on replica: {missing}\n extra on replica: {extra}\n"
-        f" different: {details}")
+    assert missing == [], f"missing on the replica: {missing}"
+    assert extra == [], f"extra on the replica: {extra}"
+    assert details == [], f"different on the replica: {details}"

@@ -49,6 +49,12 @@ def _rogue_session(alpha: EngineProcess, beta: EngineProcess) -> tuple[Session, 
             return session, entries
 
 
+def _drain(session: Session) -> None:
+    """Read until the peer ends the session."""
+    while True:
+        session.recv()
+
+
 HOSTILE: list[tuple[str, Message]] = [
     ("dot-dot", FileBegin(file_id=1, path=b"../escape.txt", size=5, whole=True)),
     ("nested dot-dot", FileBegin(file_id=1, path=b"a/../../escape.txt", size=5, whole=True)),
@@ -81,8 +87,7 @@ def test_crafted_paths_are_refused(engines: tuple[EngineProcess, EngineProcess],
     session, _ = _rogue_session(alpha, beta)
     session.send(message)
     with pytest.raises(PeerFailure) as failure:
-        while True:
-            session.recv()
+        _drain(session)
     session.close()
 
     assert failure.value.code == "SB3002"

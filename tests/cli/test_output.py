@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 from standby.cli.progress import POLL_INTERVAL, wait_for_job
-from standby.cli.render import counter, duration, human_bytes, progress_line
+from standby.cli.render import counter, duration, hosts_table, human_bytes, progress_line
 
 
 def job(state: str, done: int, total: int = 4 << 20) -> dict[str, Any]:
@@ -109,3 +109,18 @@ def test_progress_line_before_the_sizes_are_known() -> None:
     unknown = job("running", 0, total=0)
     unknown["progress"].update(files_total=0, rate_bytes_s=0, eta_s=None, phase="listing")
     assert progress_line(unknown) == "web: listing, 0/0 files, 0 B/0 B, 0 B/s, ETA ?"
+
+
+def test_hosts_table_puts_the_main_counters_first_and_hides_zero_extras() -> None:
+    hosts = {"beta": {"files_hashed": 0, "symlinks_created": 3, "bytes_received": 2048},
+             "alpha": {"bytes_sent": 2048, "files_compared": 7}}
+    out = io.StringIO()
+    Console(file=out, width=100).print(hosts_table(hosts))
+    lines = [line.split() for line in out.getvalue().splitlines()]
+    assert lines == [
+        ["ALPHA", "BETA"],
+        ["files", "compared", "7", "-"],
+        ["bytes", "sent", "2.0", "KiB", "-"],
+        ["bytes", "received", "-", "2.0", "KiB"],
+        ["symlinks", "created", "-", "3"],
+    ]

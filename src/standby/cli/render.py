@@ -104,7 +104,13 @@ def progress_line(job: Mapping[str, Any]) -> str:
 
 
 def job_outcome(job: Mapping[str, Any]) -> str:
-    """One line on a finished job: what it did and how long it took."""
+    """One line on a finished job from its report (or, without one, its last progress)."""
+    report = job.get("report") or {}
+    if "files_compared" in report:
+        return (f"{report['files_compared']:,} files compared, "
+                f"{report.get('files_differing', 0):,} differed, "
+                f"{human_bytes(report.get('bytes_sent', 0))} sent in "
+                f"{duration(report.get('duration_s'))}")
     progress = job["progress"]
     return (f"{progress['files_done']:,} files, {human_bytes(progress['bytes_done'])} "
             f"compared, {human_bytes(progress['bytes_sent'])} sent in "
@@ -161,7 +167,7 @@ def _pairs(items: Mapping[str, Any]) -> Table:
     grid.add_column(style="bold")
     grid.add_column()
     for key, value in items.items():
-        grid.add_row(_text(key.replace("_", " ")), _text(counter(key, value)))
+        grid.add_row(_text(_label(key)), _text(counter(key, value)))
     return grid
 
 
@@ -179,14 +185,22 @@ def scenario_detail(s: Mapping[str, Any]) -> RenderableType:
 
 
 def hosts_table(hosts: Mapping[str, Mapping[str, Any]]) -> Table:
-    """Per-host counters (files and bytes compared, sent, received...), one row per host."""
-    seen = [key for counters in hosts.values() for key in counters]
+    """Per-host counters, one column per host (two hosts fit any terminal): files and bytes
+    compared, sent and received first, then whatever else the engine counts, unless zero."""
+    seen = list(dict.fromkeys(key for counters in hosts.values() for key in counters))
     keys = [k for k in _HOST_COLUMNS if k in seen]
-    keys += [k for k in dict.fromkeys(seen) if k not in keys]
-    table = _table("HOST", *(k.replace("_", " ").upper() for k in keys))
-    for host, counters in sorted(hosts.items()):
-        table.add_row(_text(host), *(_text(counter(k, counters.get(k, 0))) for k in keys))
+    keys += [k for k in seen if k not in keys and any(c.get(k) for c in hosts.values())]
+    names = sorted(hosts)
+    table = _table("", *(name.upper() for name in names))
+    for key in keys:
+        table.add_row(_text(_label(key)), *(_text(counter(key, hosts[name].get(key)))
+                                              for name in names))
     return table
+
+
+def _label(key: str) -> str:
+    """``bytes_sent`` -> ``bytes sent``; ``duration_s`` -> ``duration``."""
+    return key.removesuffix("_s").replace("_", " ")
 
 
 def scenario_status(s: Mapping[str, Any]) -> RenderableType:

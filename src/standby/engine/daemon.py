@@ -12,7 +12,10 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
@@ -22,6 +25,28 @@ from .engine import DEFAULT_API_PORT, DEFAULT_PEER_PORT, Engine, EngineError, pa
 from .server import PeerServer
 
 log = logging.getLogger("standby.daemon")
+
+
+class _ApiServer(uvicorn.Server):
+    """uvicorn, minus re-raising SIGINT/SIGTERM after its shutdown: the engine has its own
+    clean-up to do (cancel jobs, close the peer server and the store, remove engine.json)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit)
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _write_json_atomically(path: Path, data: dict[str, object]) -> None:
@@ -66,11 +91,11 @@ def run_engine(home: Path, name: str | None, listen: str | None, api: str | None
 
     app = create_app(engine)
     config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
-    uv = uvicorn.Server(config)
+    uv = _ApiServer(config)
     _write_json_atomically(home / "engine.json", {
         "name": engine.name, "fingerprint": engine.identity.fingerprint,
         "peer_address": f"{peer_host}:{server.port}",
-        "api_url": f"http://{api_host}:{bound_port}", "pid": os.getpid()})
+        "api_url": f"http://{_url_host(api_host)}:{bound_port}", "pid": os.getpid()})
     engine.emit(ev.ENGINE_STARTED, f"engine {engine.name} started: peers on "
                 f"{peer_host}:{server.port}, API on {api_host}:{bound_port}")
     try:

@@ -378,6 +378,9 @@ class Engine:
         return job.describe()
 
     def _sync_finished(self, job: Job) -> None:
+        if job.state is JobState.FAILED and job.report is None:  # not a failure it reported
+            self.emit(ev.SYNC_FAILED, f"synchronization of {job.scenario} failed: {job.error}",
+                      job.scenario)
         report = job.report
         if report is not None:
             self.store.add_report(job.scenario, report)
@@ -400,11 +403,15 @@ class Engine:
         with self._lock:
             return [j for j in self._jobs.values() if j.state is JobState.RUNNING]
 
-    def job(self, job_id: str) -> dict[str, Any]:
+    def job(self, job_id: str, wait: float = 0.0) -> dict[str, Any]:
+        """A job's description; with ``wait``, first wait up to that many seconds (at most 30)
+        for it to end, so a client learns of the end at once without polling fast."""
         with self._lock:
             job = self._jobs.get(job_id)
         if job is None:
             raise EngineError(404, f"no job {job_id!r}")
+        if wait > 0:
+            job.wait_done(min(wait, 30.0))
         return job.describe()
 
     # --- status, events, reports ----------------------------------------------------------------

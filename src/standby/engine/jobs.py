@@ -80,6 +80,7 @@ class Job:
         self.report: dict[str, Any] | None = None
         self.finished_at: float | None = None
         self._cancel = threading.Event()
+        self._done = threading.Event()  # set once the job ended and its handler ran
         self._thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
@@ -112,14 +113,14 @@ class Job:
                 on_done(self)
             except Exception:
                 log.exception("job %s: completion handler failed", self.id)
+            self._done.set()
 
     def cancel(self) -> None:
         self._cancel.set()
 
-    def wait(self, timeout: float | None = None) -> bool:
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self.state is not JobState.RUNNING
+    def wait_done(self, timeout: float | None = None) -> bool:
+        """Wait until the job ended (and its report is stored); True if it has."""
+        return self._done.wait(timeout)
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.id, "scenario": self.scenario, "kind": self.kind,

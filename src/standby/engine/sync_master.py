@@ -245,9 +245,17 @@ class MasterSync:
             "special_skipped": c.special_skipped, "bytes_total": c.bytes_total,
             "bytes_compared": c.bytes_compared, "bytes_sent": c.bytes_sent,
             "error_count": c.error_count, "errors": c.errors,
-            "hosts": {self.scenario.master: master_stats,
-                      self.scenario.replica: dict(c.replica)},
+            "hosts": _per_host(self.scenario.master, master_stats, self.scenario.replica,
+                               dict(c.replica)),
         }
+
+
+def _per_host(master: str, master_stats: dict[str, int], replica: str,
+              replica_stats: dict[str, int]) -> dict[str, dict[str, int]]:
+    """Statistics by host; one engine playing both roles gets both sets of counters."""
+    if master != replica:
+        return {master: master_stats, replica: replica_stats}
+    return {master: {**replica_stats, **master_stats}}
 
 
 class _RootSync:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +65,8 @@ LISTING_BATCH = 1000
 #: or bytes, whichever comes first: few syncfs calls, bounded work lost on a crash.
 COMMIT_BATCH_FILES = 1000
 COMMIT_BATCH_BYTES = 512 * 1024 * 1024
+#: BlockData frames queued for the writer thread (up to 1 MiB each).
+WRITE_QUEUE = 8
 #: FileResult message for a digest mismatch: the master sends the file again, whole.
 DIGEST_MISMATCH = "digest mismatch"
 
@@ -141,7 +145,11 @@ class ReplicaSync:
             self._root = root
             if not self._send_listing(root_path):
                 return
-            self._serve()
+            self._writer = _Writer(self.block_size)
+            try:
+                self._serve()
+            finally:
+                self._writer.close()
 
     def _authorize(self, begin: SyncBegin) -> str | None:
         row = self.engine.store.scenario(begin.scenario)
@@ -213,6 +221,7 @@ class ReplicaSync:
     def _abandon(self) -> None:
         """On any exit: close the open file and drop staged files that were never committed."""
         assert self._root is not None
+        self._writer.drain()
         current, self._file = self._file, None
         if current is not None:
             os.close(current.fd)
@@ -310,21 +319,10 @@ class ReplicaSync:
         return current
 
     def _block_data(self, message: BlockData) -> None:
-        payload = message.payload
-        current = self._current(message.file_id, message.offset, len(payload))
-        self.stats.add("bytes_received", len(payload))
-        if current.error is not None:
-            return
-        if block_digests(payload, self.block_size) != message.digests:
-            current.error = DIGEST_MISMATCH
-            return
-        try:
-            _pwrite_all(current.fd, payload, message.offset)
-        except OSError as exc:
-            current.error = f"write failed: {exc.strerror}"
-            return
-        first = message.offset // self.block_size * BLOCK_DIGEST_SIZE
-        current.digests[first:first + len(message.digests)] = message.digests
+        current = self._current(message.file_id, message.offset, len(message.payload))
+        self.stats.add("bytes_received", len(message.payload))
+        if current.error is None:
+            self._writer.submit(current, message)
 
     def _zero_range(self, message: ZeroRange) -> None:
         current = self._current(message.file_id, message.offset, message.length)
@@ -345,6 +343,7 @@ class ReplicaSync:
         current = self._file
         if current is None or current.file_id != message.file_id:
             raise RemoteProtocolError(f"FileEnd for file {message.file_id}, which is not open")
+        self._writer.drain()
         if message.size != current.size:
             raise RemoteProtocolError("FileEnd size differs from FileBegin")
         self._file = None
@@ -388,6 +387,58 @@ class ReplicaSync:
         staged, self._staged, self._staged_bytes = self._staged, [], 0
         for item in staged:
             self.root.commit_temp(item.path, item.temp, item.mode, item.mtime_ns)
+
+
+class _Writer:
+    """Checks and writes received blocks in a thread of its own.
+
+    Receiving and decrypting the next frames then overlap the write of this one: on hosts where
+    fresh page-cache pages are slow to get (virtual machines), ``pwrite`` waits more than it
+    computes. The queue is short (a few MiB) so memory stays bounded and a slow disk slows the
+    master through TCP. Only this thread touches a file's blocks between ``submit`` and
+    ``drain``; the digests it records are read by the session thread after ``drain``.
+    """
+
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self._queue: queue.Queue[tuple[_File, BlockData] | None] = queue.Queue(WRITE_QUEUE)
+        self._thread = threading.Thread(target=self._run, name="replica-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, file: _File, message: BlockData) -> None:
+        self._queue.put((file, message))
+
+    def drain(self) -> None:
+        """Wait until everything submitted is written (or failed, in its file's ``error``)."""
+        self._queue.join()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                self._write(*item)
+            finally:
+                self._queue.task_done()
+
+    def _write(self, file: _File, message: BlockData) -> None:
+        if file.error is not None:
+            return
+        if block_digests(message.payload, self.block_size) != message.digests:
+            file.error = DIGEST_MISMATCH
+            return
+        try:
+            _pwrite_all(file.fd, message.payload, message.offset)
+        except OSError as exc:
+            file.error = f"write failed: {exc.strerror}"
+            return
+        first = message.offset // self.block_size * BLOCK_DIGEST_SIZE
+        file.digests[first:first + len(message.digests)] = message.digests
 
 
 def _zero_digests(size: int, block_size: int) -> bytes:

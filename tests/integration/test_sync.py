@@ -113,6 +113,11 @@ def test_resync_after_edits(engines: tuple[EngineProcess, EngineProcess], tmp_pa
         f.write(b"y" * 100)
     with open(master_root / "small.txt", "a") as f:
         f.write("appended\n")
+    with open(master_root / "zeros-and-data.bin", "ab") as f:  # grows in place, part zeros
+        f.write(bytes(BLOCK * 2) + rng.randbytes(777))
+    with open(master_root / "sparse.img", "r+b") as f:  # data lands in a hole
+        f.seek(30 << 20)
+        f.write(rng.randbytes(BLOCK))
     with open(master_root / "multi-block.bin", "r+b") as f:
         f.truncate(BLOCK + 10)
     (master_root / "exact-blocks.bin").unlink()

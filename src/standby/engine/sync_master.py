@@ -23,11 +23,19 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..blocks import block_digests, differing_indexes, file_digest, zero_blocks, zero_digest
+from ..blocks import (
+    block_digests,
+    file_digest,
+    plan_transfer,
+    ranges_to_compare,
+    select_ranges,
+    zero_blocks,
+    zero_digest,
+)
 from ..config import PathFilter, Root, Scenario, SyncOptions
 from ..protocol import (
     BLOCK_DIGEST_SIZE,
@@ -56,7 +64,7 @@ from ..protocol import (
     SyncMethod,
     ZeroRange,
 )
-from ..storage.hashing import hash_file, new_buffer
+from ..storage.hashing import hash_file, new_buffer, read_runs
 from ..storage.tree import ListingError, LocalEntry, scan_tree
 from . import events as ev
 from .channel import LinkError
@@ -638,8 +646,7 @@ class _RootSync:
         if reply.missing:
             work.theirs = None
             return self._send_whole(work, fd, ours.size)
-        our_digests = ours.block_digests
-        ranges = differing_indexes(ours.coarse_digests, reply.digests)
+        ranges = ranges_to_compare(ours.coarse_digests, reply.digests)
         if not ranges and ours.size == reply.size:
             # Equal content: attributes, if they differ, are set with the other files' at the end.
             old = work.theirs
@@ -647,77 +654,35 @@ class _RootSync:
                                                                  work.entry.mtime_ns)
             work.action = "attrs" if differ else "same"
             return False
-        span = self.rb * BLOCK_DIGEST_SIZE
-        known = len(reply.digests) // BLOCK_DIGEST_SIZE  # ranges the replica has at all
-        asked = tuple(r for r in ranges if r < known)
-        theirs: dict[int, bytes] = {}
-        if asked:
-            self.session.send(BlockRequest(file_id=work.file_id, ranges=asked))
+        theirs = b""
+        if ranges:
+            self.session.send(BlockRequest(file_id=work.file_id, ranges=tuple(ranges)))
             fine = self.mail.take(work.file_id, BlockDigests)
             assert isinstance(fine, BlockDigests)
-            their_blocks = -(-reply.size // self.bs)
-            pos = 0
-            for r in asked:
-                expected = max(0, min(self.rb, their_blocks - r * self.rb)) * BLOCK_DIGEST_SIZE
-                theirs[r] = fine.digests[pos:pos + expected]
-                pos += expected
-            if pos != len(fine.digests):
-                raise RemoteProtocolError("BlockDigests does not match the ranges asked")
-        blocks: list[int] = []
-        for r in ranges:
-            mine = our_digests[r * span:(r + 1) * span]
-            base = r * self.rb
-            blocks.extend(base + i for i in differing_indexes(mine, theirs.get(r, b""))
-                          if (base + i) * self.bs < ours.size)
-        if len(blocks) > self.options.whole_file_threshold * max(ours.blocks, 1):
+            theirs = fine.digests
+        try:
+            plan = plan_transfer(
+                size=ours.size, block_size=self.bs, range_blocks=self.rb, zeros=ours.zeros,
+                replica_size=reply.size, ranges=ranges,
+                master_digests=select_ranges(ours.block_digests, self.rb, ranges),
+                replica_digests=theirs, max_run=max(MAX_RUN, self.bs),
+                whole_threshold=self.options.whole_file_threshold)
+        except ValueError as exc:  # the replica's digests do not fit what it was asked
+            raise RemoteProtocolError(f"the replica's digests of {_show(work.path)} do not "
+                                      f"fit: {exc}") from None
+        if plan.whole:
             return self._send_whole(work, fd, ours.size)
-        self.session.send(FileBegin(file_id=work.file_id, path=work.path, size=ours.size,
-                                    whole=False))
-        self._send_blocks(work, fd, blocks, ours.is_zero_block)
+        send = self.session.send
+        send(FileBegin(file_id=work.file_id, path=work.path, size=ours.size, whole=False))
+        for run in plan.zero_runs:
+            send(ZeroRange(file_id=work.file_id, offset=run.offset, length=run.length))
+        for offset, view in read_runs(fd, plan.data_runs, self.buffer):
+            send(BlockData(file_id=work.file_id, offset=offset,
+                           digests=block_digests(view, self.bs), payload=view))
+            self.c.bytes_sent += len(view)
+            self.progress.bytes_sent += len(view)
         self._send_file_end(work, ours.size, ours.file_digest)
         return True
-
-    def _send_blocks(self, work: _FileWork, fd: int, blocks: list[int],
-                     zero: Callable[[int], bool]) -> None:
-        """Send the given blocks: zero runs as ZeroRange, data runs read and sent in pieces of
-        at most MAX_RUN bytes."""
-        assert self.session is not None
-        bs, size = self.bs, work.entry.size
-        buffer = memoryview(self.buffer)
-        per_run = max(1, MAX_RUN // bs)
-        for first, count, zeros in _runs(blocks, zero, per_run):
-            offset = first * bs
-            length = min(count * bs, size - offset)
-            if length <= 0:
-                continue
-            if zeros:
-                self.session.send(ZeroRange(file_id=work.file_id, offset=offset, length=length))
-                continue
-            got = os.preadv(fd, [buffer[:length]], offset)
-            if got != length:
-                raise OSError(5, f"file changed size while read (at {offset})")
-            view = buffer[:length]
-            self.session.send(BlockData(file_id=work.file_id, offset=offset,
-                                        digests=block_digests(view, bs), payload=view))
-            self.c.bytes_sent += length
-            self.progress.bytes_sent += length
-
-
-def _runs(blocks: list[int], zero: Callable[[int], bool],
-          limit: int) -> Iterator[tuple[int, int, bool]]:
-    """Group sorted block indexes into (first, count, all_zero) runs of at most ``limit``."""
-    first = count = 0
-    zeros = False
-    for index in blocks:
-        z = zero(index)
-        if count and index == first + count and z == zeros and count < limit:
-            count += 1
-            continue
-        if count:
-            yield first, count, zeros
-        first, count, zeros = index, 1, z
-    if count:
-        yield first, count, zeros
 
 
 def _data_runs(blocks: int, zeros: list[int], limit: int) -> Iterator[tuple[int, int]]:

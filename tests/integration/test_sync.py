@@ -202,3 +202,20 @@ def test_filters_keep_excluded_entries_out(engines: tuple[EngineProcess, EngineP
     alpha.cli("scenario", "add", str(path))
     alpha.cli("scenario", "start", "files")
     assert sorted(p.name for p in replica_root.iterdir()) == ["keep.txt", "local-notes.tmp"]
+
+
+def test_leftover_staging_files_are_removed(engines: tuple[EngineProcess, EngineProcess],
+                                            tmp_path: Path) -> None:
+    """Temporary files left by an interrupted synchronization (an engine killed mid-file) are
+    removed by the next one, and never listed or replicated."""
+    alpha, _ = engines
+    master_root, replica_root = tmp_path / "master", tmp_path / "replica"
+    (master_root / "dir").mkdir(parents=True)
+    (master_root / "dir" / "a.txt").write_text("a\n")
+    (replica_root / "dir").mkdir(parents=True)
+    (replica_root / "dir" / ".standby-tmp-0123456789abcdef").write_bytes(b"half written")
+    (replica_root / ".standby-tmp-fedcba9876543210").write_bytes(b"half written")
+    alpha.cli("scenario", "add", str(scenario_file(tmp_path, master_root, replica_root)))
+    alpha.cli("scenario", "start", "files")
+    assert sorted(p.name for p in replica_root.rglob("*")) == ["a.txt", "dir"]
+    assert_trees_equal(master_root, replica_root)

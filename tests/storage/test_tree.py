@@ -424,3 +424,15 @@ def test_mode_keeps_special_bits(root: Path) -> None:
     by = _by_path(scan_tree(root))
     assert by[b"suid"].mode == 0o4755
     assert by[b"sticky"].mode == 0o1777
+
+
+def test_staging_files_are_reported_when_asked(tmp_path: Path) -> None:
+    """Staging files stay out of the listing; a caller that asks gets their paths."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / ".standby-tmp-1").write_bytes(b"x")
+    (tmp_path / ".standby-tmp-2").write_bytes(b"x")
+    (tmp_path / "keep").write_bytes(b"x")
+    staging: list[bytes] = []
+    listed = [e.path for e in scan_tree(tmp_path, staging=staging)]
+    assert listed == [b"d", b"keep"]
+    assert sorted(staging) == [b".standby-tmp-2", b"d/.standby-tmp-1"]

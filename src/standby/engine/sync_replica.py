@@ -169,11 +169,14 @@ class ReplicaSync:
         return scenario.roots[begin.root].replica
 
     def _send_listing(self, root_path: str) -> bool:
+        leftovers: list[bytes] = []
         try:
-            entries = scan_tree(os.fsencode(root_path))
+            entries = scan_tree(os.fsencode(root_path), staging=leftovers)
         except ListingError as exc:
             self.session.send(EntriesEnd(count=0, error=str(exc)))
             return False
+        for path in leftovers:  # staged by a synchronization that was interrupted
+            self.root.remove_staging(path)
         for start in range(0, len(entries), LISTING_BATCH):
             batch = tuple(e.to_wire() for e in entries[start:start + LISTING_BATCH])
             self.session.send(Entries(entries=batch))

@@ -333,6 +333,12 @@ class ConfinedRoot:
 
     # --- file contents -------------------------------------------------------------------------
 
+    def remove_staging(self, path: bytes) -> None:
+        """Remove a staging file (``.standby-tmp-*``) left by an interrupted synchronization;
+        ``path`` names it, as ``scan_tree(..., staging=...)`` reports it."""
+        parent, _, name = path.rpartition(b"/")
+        self.discard_temp(parent + b"/_" if parent else b"_", name)
+
     @_names_path
     def open_existing(self, path: bytes) -> int:
         """Open the regular file at ``path`` read/write for in-place updates. Anything else

@@ -77,26 +77,29 @@ class LocalEntry:
         )
 
 
-def scan_tree(root: RootPath) -> list[LocalEntry]:
+def scan_tree(root: RootPath, *, staging: list[bytes] | None = None) -> list[LocalEntry]:
     """List everything below ``root`` (not ``root`` itself), sorted by path bytes (so parents
     come before their children). ``root`` itself may be a symlink (the administrator's choice);
-    nothing below it is followed. Raises :class:`ListingError`."""
+    nothing below it is followed. Our staging files are left out of the listing; when
+    ``staging`` is a list, their paths are appended to it (leftovers of an interrupted
+    synchronization, for the replica to remove). Raises :class:`ListingError`."""
     broot = os.fsencode(root)
     try:
         fd = os.open(broot, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
         raise ListingError(broot, _reason(e)) from e
     try:
-        return scan_dir_fd(fd, label=broot)
+        return scan_dir_fd(fd, label=broot, staging=staging)
     finally:
         os.close(fd)
 
 
-def scan_dir_fd(dir_fd: int, *, label: bytes = b".") -> list[LocalEntry]:
+def scan_dir_fd(dir_fd: int, *, label: bytes = b".",
+                staging: list[bytes] | None = None) -> list[LocalEntry]:
     """Like :func:`scan_tree`, below an open directory descriptor (left open). ``label`` names
     the directory in error messages."""
     out: list[LocalEntry] = []
-    subdirs = _list_dir(dir_fd, b"", out, label)
+    subdirs = _list_dir(dir_fd, b"", out, label, staging)
     # Depth-first, holding one descriptor per level: (fd, prefix, subdirectories left).
     stack: list[tuple[int, bytes, list[str]]] = []
     try:
@@ -115,7 +118,7 @@ def scan_dir_fd(dir_fd: int, *, label: bytes = b".") -> list[LocalEntry]:
                 continue
             prefix = parent_prefix + os.fsencode(name) + b"/"
             stack.append((child, prefix, subdirs))
-            subdirs = _list_dir(child, prefix, out, label)
+            subdirs = _list_dir(child, prefix, out, label, staging)
     finally:
         for fd, _, _ in stack:
             os.close(fd)
@@ -123,7 +126,8 @@ def scan_dir_fd(dir_fd: int, *, label: bytes = b".") -> list[LocalEntry]:
     return out
 
 
-def _list_dir(fd: int, prefix: bytes, out: list[LocalEntry], label: bytes) -> list[str]:
+def _list_dir(fd: int, prefix: bytes, out: list[LocalEntry], label: bytes,
+              staging: list[bytes] | None = None) -> list[str]:
     """Append the non-directories of one directory to ``out``; return its subdirectory names
     (as ``os.scandir`` on a descriptor gives them: str with surrogate escapes)."""
     subdirs: list[str] = []
@@ -136,6 +140,8 @@ def _list_dir(fd: int, prefix: bytes, out: list[LocalEntry], label: bytes) -> li
             for entry in it:
                 name = entry.name
                 if name.startswith(_STAGING_PREFIX_STR):
+                    if staging is not None:
+                        staging.append(prefix + os.fsencode(name))
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     subdirs.append(name)

@@ -64,7 +64,7 @@ from ..protocol import (
     SyncMethod,
     ZeroRange,
 )
-from ..storage.hashing import hash_file, new_buffer, read_runs
+from ..storage.hashing import data_extents, hash_file, new_buffer, read_runs
 from ..storage.tree import ListingError, LocalEntry, scan_tree
 from . import events as ev
 from .channel import LinkError
@@ -610,7 +610,7 @@ class _RootSync:
         digests = bytearray(zero_digest(bs) * full + (zero_digest(rest) if rest else b""))
         buffer = memoryview(self.buffer)
         buffer = buffer[:len(buffer) - len(buffer) % bs]
-        for start, end in _data_extents(fd, size, bs):
+        for start, end in _block_extents(fd, size, bs):
             offset = start
             while offset < end:
                 want = min(len(buffer), end - offset)
@@ -716,16 +716,13 @@ def _parent(path: bytes) -> bytes:
     return path.rpartition(b"/")[0]
 
 
-def _data_extents(fd: int, size: int, block_size: int) -> Iterator[tuple[int, int]]:
-    """Block-aligned ranges holding data; holes between them are skipped without reading."""
-    offset = 0
-    while offset < size:
-        try:
-            start = os.lseek(fd, offset, os.SEEK_DATA)
-        except OSError:  # ENXIO: only a hole until EOF (or SEEK_DATA unsupported: see below)
-            return
-        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-        start -= start % block_size
+def _block_extents(fd: int, size: int, block_size: int) -> Iterator[tuple[int, int]]:
+    """The data extents of a file widened to whole blocks, merged where they touch; holes
+    between them are skipped without reading."""
+    done = 0
+    for start, end in data_extents(fd, 0, size):
+        start = max(start - start % block_size, done)
         end = min(-(-end // block_size) * block_size, size)
-        yield start, end
-        offset = end
+        if start < end:
+            yield start, end
+            done = end

@@ -166,8 +166,9 @@ def _check_not_shrunk(fd: int, size: int) -> None:
         raise FileChangedError(f"the file shrank from {size} to {now} bytes while being hashed")
 
 
-def _data_extents(fd: int, start: int, stop: int) -> Iterator[tuple[int, int]]:
-    """The extents of ``[start, stop)`` that may hold data; the rest is holes."""
+def data_extents(fd: int, start: int, stop: int) -> Iterator[tuple[int, int]]:
+    """The extents of ``[start, stop)`` that may hold data; the rest is holes (never to be
+    read). On a file system without SEEK_DATA, the whole range."""
     offset = start
     while offset < stop:
         try:
@@ -217,7 +218,7 @@ def _hash_blocks(
         if zeros is not None:
             set_bits(zeros, done, until)
 
-    for data, hole in _data_extents(fd, first * block_size, min(stop * block_size, size)):
+    for data, hole in data_extents(fd, first * block_size, min(stop * block_size, size)):
         start = max(data // block_size, done)
         end = -(-hole // block_size)
         if start > done:

@@ -273,6 +273,41 @@ def test_sync_options_override_the_scenario_for_one_run(client: TestClient,
     assert (report["method"], report["ignore_same_size_time"]) == ("block", False)
 
 
+@pytest.mark.usefixtures("peer_server")
+def test_a_long_poll_answers_when_the_job_ends(client: TestClient, tmp_path: Path) -> None:
+    """GET /v1/jobs/{id}?wait=30 right after the start answers with the ended job, as soon as
+    it ends; asked again once it ended, it answers at once."""
+    add_scenario(client, tmp_path)
+    (tmp_path / "master" / "a.txt").write_bytes(b"x" * 2_000_000)
+    job = client.post("/v1/scenarios/web/sync").json()
+    started = time.monotonic()
+    done = client.get(f"/v1/jobs/{job['id']}", params={"wait": 30}).json()
+    assert done["state"] == "succeeded", done
+    assert done["report"]["files_compared"] == 1
+    assert time.monotonic() - started < 20
+
+    started = time.monotonic()
+    again = client.get(f"/v1/jobs/{job['id']}", params={"wait": 30})
+    assert time.monotonic() - started < 2
+    assert {k: v for k, v in again.json().items() if k != "progress"} == \
+        {k: v for k, v in done.items() if k != "progress"}
+
+
+def test_a_long_poll_of_an_unknown_job_is_404_at_once(client: TestClient) -> None:
+    started = time.monotonic()
+    response = client.get("/v1/jobs/0-0", params={"wait": 30})
+    assert (response.status_code, response.json()) == (404, {"error": "no job '0-0'"})
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("wait", ["-1", "30.5", "soon", "nan", "inf", ""])
+def test_a_bad_wait_is_400(client: TestClient, wait: str) -> None:
+    """Checked before the job is looked up: the same answer for any job."""
+    response = client.get("/v1/jobs/0-0", params={"wait": wait})
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("query.wait: ")
+
+
 def test_report_before_any_sync_is_404(client: TestClient, tmp_path: Path) -> None:
     add_scenario(client, tmp_path)
     response = client.get("/v1/scenarios/web/report")

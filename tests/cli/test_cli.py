@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,9 +24,11 @@ import uvicorn
 from typer.testing import CliRunner, Result
 
 from standby.api.app import create_app
-from standby.cli.main import app
+from standby.cli.client import ApiClient, ApiError, EngineLocation
+from standby.cli.client import path as api_path
+from standby.cli.main import CERT_PATH, app
 from standby.engine.engine import Engine
-from standby.engine.identity import Identity
+from standby.engine.identity import CERT_FILE, IDENTITY_DIR, Identity
 from standby.engine.server import PeerServer
 
 
@@ -114,6 +118,21 @@ def test_id_prints_the_fingerprint_without_a_running_engine(home: Path) -> None:
     assert result.stdout == identity.fingerprint + "\n"
 
 
+def test_id_reads_the_certificate_where_the_engine_writes_it() -> None:
+    assert Path(IDENTITY_DIR, CERT_FILE) == CERT_PATH
+
+
+@pytest.mark.parametrize("pem", [b"", b"not a certificate\n",
+                                 b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+                                 b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"])
+def test_id_with_a_damaged_certificate_exits_1(home: Path, pem: bytes) -> None:
+    Identity.load_or_create(home, "alpha")
+    (home / CERT_PATH).write_bytes(pem)
+    result = run(home, "id")
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert f"error: cannot read the engine's certificate {home / CERT_PATH}: " in result.stderr
+
+
 def test_home_comes_from_standby_home(home: Path) -> None:
     identity = Identity.load_or_create(home, "alpha")
     result = CliRunner().invoke(app, ["id"], env={"STANDBY_HOME": str(home)})
@@ -154,6 +173,21 @@ def test_unreachable_api_exits_3(home: Path) -> None:
     result = run(home, "scenario", "list")
     assert result.exit_code == 3
     assert f"cannot reach the engine at http://127.0.0.1:{port}" in result.stderr
+
+
+@pytest.mark.parametrize("url", ["https://127.0.0.1:7711", "http://127.0.0.1:port", "7711"])
+def test_an_api_url_that_is_not_http_exits_3(home: Path, url: str) -> None:
+    home.mkdir()
+    (home / "engine.json").write_text(json.dumps({"api_url": url, "pid": os.getpid()}))
+    (home / "api-token").write_text("token\n")
+    result = run(home, "status")
+    assert result.exit_code == 3
+    assert f"the engine's API address {url!r} is not an http://HOST:PORT URL" in result.stderr
+
+
+def test_the_client_takes_ipv6_addresses_without_brackets() -> None:
+    client = ApiClient(EngineLocation("http://[::1]:7711", "token"))
+    assert (client._host, client._port) == ("::1", 7711)
 
 
 # --- against an engine --------------------------------------------------------------------------
@@ -275,3 +309,76 @@ def test_unknown_scenario_exits_1(home: Path, engine: Engine) -> None:
         result = run(home, *args)
         assert result.exit_code == 1, args
         assert result.stderr.startswith("error: no scenario named 'nope'"), args
+
+
+def test_a_job_is_long_polled(home: Path, engine: Engine, tmp_path: Path) -> None:
+    """The client's wait reaches the engine: a finished job answers at once, a bad wait is
+    the engine's 400."""
+    run(home, "scenario", "add", str(write_scenario(tmp_path)))
+    job_id = run(home, "sync", "web", "--no-wait").stdout.strip()
+    with ApiClient(EngineLocation.find(home)) as api:
+        job = api.get(api_path("jobs", job_id), {"wait": 30})
+        assert job["state"] == "succeeded"
+        started = time.monotonic()
+        assert api.get(api_path("jobs", job_id), {"wait": 30})["state"] == "succeeded"
+        assert time.monotonic() - started < 2
+        with pytest.raises(ApiError) as refused:
+            api.get(api_path("jobs", job_id), {"wait": 31})
+    assert refused.value.status == 400
+    assert refused.value.message.startswith("query.wait: ")
+
+
+def test_the_client_reconnects_when_the_engine_closed_the_connection(
+        home: Path, engine: Engine) -> None:
+    with ApiClient(EngineLocation.find(home)) as api:
+        assert api.get(api_path("engine"))["name"] == "alpha"
+        connection = api._connection
+        assert connection is not None
+        assert connection.sock is not None
+        connection.sock.shutdown(socket.SHUT_WR)  # the server sees the end and closes its side
+        readable, _, _ = select.select([connection.sock], [], [], 10)
+        assert readable
+        assert api.get(api_path("engine"))["name"] == "alpha"
+        assert api._connection is not connection
+
+
+# --- start-up cost ------------------------------------------------------------------------------
+
+#: Modules the common commands must not load: each costs 40 to 200 ms of start-up (the
+#: benchmarks time `standby sync` end to end). pydantic is typer's, for parameter values.
+HEAVY = ("httpx", "rich", "pydantic", "cryptography", "click")
+
+
+def imported(*args: str, env: dict[str, str] | None = None) -> set[str]:
+    """The modules ``python -X importtime ARGS`` loads (it must succeed)."""
+    result = subprocess.run([sys.executable, "-X", "importtime", *args], capture_output=True,
+                            text=True, env={**os.environ, **(env or {})}, timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines()
+            if line.startswith("import time:") and "|" in line}
+
+
+def heavy(modules: set[str]) -> set[str]:
+    """The heavy packages among ``modules``, and standby.engine if it loaded."""
+    return ({m.split(".")[0] for m in modules if m.split(".")[0] in HEAVY}
+            | {"standby.engine" for m in modules if m.startswith("standby.engine")})
+
+
+def test_importing_the_cli_loads_no_heavy_module() -> None:
+    modules = imported("-c", "import standby.cli.main")
+    assert "typer" in modules
+    assert heavy(modules) == set()
+    assert "http.client" not in modules  # with the first request only
+
+
+def test_sync_status_and_id_load_no_heavy_module(home: Path, engine: Engine,
+                                                 tmp_path: Path) -> None:
+    """In a subprocess with stdout a pipe, as a benchmark runs them."""
+    Identity.load_or_create(home, "alpha")
+    run(home, "scenario", "add", str(write_scenario(tmp_path)))
+    (tmp_path / "master" / "a.txt").write_bytes(b"a" * 1000)
+    cli = ["-m", "standby.cli.main", "--home", str(home)]
+    assert heavy(imported(*cli, "sync", "web")) == set()
+    assert heavy(imported(*cli, "status", "--json")) == set()
+    assert heavy(imported(*cli, "id")) == set()
+    assert heavy(imported(*cli, "status")) == {"rich"}  # its tables

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from standby.cli.progress import POLL_INTERVAL, wait_for_job
-from standby.cli.render import counter, duration, hosts_table, human_bytes, progress_line
+from standby.cli.formatting import counter, duration, human_bytes, progress_line
+from standby.cli.progress import MIN_POLL_INTERVAL, POLL_WAIT, wait_for_job
+from standby.cli.render import hosts_table
 
 
 def job(state: str, done: int, total: int = 4 << 20) -> dict[str, Any]:
@@ -20,59 +21,85 @@ def job(state: str, done: int, total: int = 4 << 20) -> dict[str, Any]:
 
 
 class Script:
-    """Plays a job's successive descriptions on a fake clock that each poll advances."""
+    """Plays a job's successive descriptions on a fake clock. Each poll takes ``step`` seconds
+    (a long poll of a running job takes the whole wait; an engine without long polls, no time)
+    and records the wait it asked for."""
 
     def __init__(self, jobs: list[dict[str, Any]], step: float) -> None:
         self.jobs = iter(jobs)
         self.step = step
         self.now = 0.0
-        self.polls = 0
+        self.waits: list[float] = []
         self.slept: list[float] = []
+        self.lines: list[str] = []
 
-    def fetch(self) -> dict[str, Any]:
-        self.polls += 1
+    def fetch(self, wait: float) -> dict[str, Any]:
+        self.waits.append(wait)
+        self.now += self.step
         return next(self.jobs)
 
     def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
-        self.now += self.step
+        self.now += seconds
 
     def clock(self) -> float:
         return self.now
 
+    def wait(self, first: dict[str, Any], console: Console | None = None) -> dict[str, Any]:
+        return wait_for_job(self.fetch, first, lambda: console, write=self.lines.append,
+                            sleep=self.sleep, clock=self.clock)
+
 
 def test_without_a_terminal_one_line_at_most_every_two_seconds() -> None:
-    """Polls every 0.2 s; over 6 s of a running job, lines at 0, 2 and 4 s only."""
-    running = [job("running", i * 1024) for i in range(1, 24)]
-    script = Script([*running, job("succeeded", 4 << 20)], step=0.25)
-    out = io.StringIO()
-    final = wait_for_job(script.fetch, job("running", 0), Console(file=out),
-                         sleep=script.sleep, clock=script.clock)
+    """Long polls of 0.5 s; over 6 s of a running job, lines at 0.5, 2.5 and 4.5 s only,
+    never a sleep between polls."""
+    running = [job("running", i * 1024) for i in range(1, 13)]
+    script = Script([*running, job("succeeded", 4 << 20)], step=POLL_WAIT)
+    final = script.wait(job("running", 0))
     assert final["state"] == "succeeded"
-    assert script.polls == 24
-    assert set(script.slept) == {POLL_INTERVAL}
-    assert out.getvalue().splitlines() == [
-        "web: copying, 0/4,096 files, 0 B/4.0 MiB, 1.0 MiB/s, ETA 3 s",
-        "web: copying, 8/4,096 files, 8.0 KiB/4.0 MiB, 1.0 MiB/s, ETA 3 s",
-        "web: copying, 16/4,096 files, 16.0 KiB/4.0 MiB, 1.0 MiB/s, ETA 3 s",
+    assert script.waits == [POLL_WAIT] * 13
+    assert script.slept == []
+    assert script.lines == [
+        "web: copying, 1/4,096 files, 1.0 KiB/4.0 MiB, 1.0 MiB/s, ETA 3 s",
+        "web: copying, 5/4,096 files, 5.0 KiB/4.0 MiB, 1.0 MiB/s, ETA 3 s",
+        "web: copying, 9/4,096 files, 9.0 KiB/4.0 MiB, 1.0 MiB/s, ETA 3 s",
     ]
+
+
+def test_a_job_that_ends_within_the_first_poll_shows_no_progress() -> None:
+    """The first long poll starts as soon as the job does; the terminal is not even asked."""
+    script = Script([job("succeeded", 4 << 20)], step=0.15)
+
+    def no_terminal() -> Console | None:
+        raise AssertionError("asked for a terminal")
+
+    final = wait_for_job(script.fetch, job("running", 0), no_terminal, write=script.lines.append,
+                         sleep=script.sleep, clock=script.clock)
+    assert (final["state"], script.waits, script.slept, script.lines) == \
+        ("succeeded", [POLL_WAIT], [], [])
+
+
+def test_an_engine_without_long_polls_is_not_polled_in_a_tight_loop() -> None:
+    """It answers at once: the client sleeps the rest of the minimal interval between polls."""
+    script = Script([job("running", 1024), job("running", 2048), job("failed", 2048)], step=0.05)
+    final = script.wait(job("running", 0))
+    assert final["state"] == "failed"
+    assert script.slept == pytest.approx([MIN_POLL_INTERVAL - 0.05] * 2)
 
 
 def test_a_finished_job_is_not_polled() -> None:
     script = Script([], step=0.25)
-    out = io.StringIO()
-    final = wait_for_job(script.fetch, job("failed", 0), Console(file=out),
-                         sleep=script.sleep, clock=script.clock)
-    assert (final["state"], script.polls, out.getvalue()) == ("failed", 0, "")
+    final = script.wait(job("failed", 0))
+    assert (final["state"], script.waits, script.lines) == ("failed", [], [])
 
 
 def test_on_a_terminal_a_progress_bar() -> None:
-    script = Script([job("running", 2 << 20), job("succeeded", 4 << 20)], step=0.25)
+    script = Script([job("running", 2 << 20), job("running", 3 << 20), job("succeeded", 4 << 20)],
+                    step=POLL_WAIT)
     out = io.StringIO()
-    console = Console(file=out, force_terminal=True, width=150)
-    final = wait_for_job(script.fetch, job("running", 0), console, sleep=script.sleep,
-                         clock=script.clock)
+    final = script.wait(job("running", 0), Console(file=out, force_terminal=True, width=150))
     assert final["state"] == "succeeded"
+    assert script.lines == []
     shown = out.getvalue()
     assert "web copying" in shown
     assert "4,096/4,096 files" in shown

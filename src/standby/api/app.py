@@ -23,6 +23,7 @@ import secrets
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
+from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -38,6 +39,13 @@ from ..engine.engine import Engine, EngineError
 log = logging.getLogger("standby.api")
 
 UNEXPECTED = "unexpected error, please report it as a bug (the engine's log has the details)"
+
+#: The longest long poll of GET /v1/jobs/{id}?wait=SECONDS (the engine's own cap).
+MAX_JOB_WAIT = 30.0
+#: How many long polls may wait at once. Each holds a worker thread while it waits, so they
+#: get their own threads rather than the shared pool's: a crowd of waiting clients must not
+#: leave the other routes without a thread. More waiters queue for a thread.
+JOB_WAITERS = 64
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -182,9 +190,27 @@ async def scenario_report(engine: EngineDep, name: str) -> Item:
 
 
 @router.get("/jobs/{job_id}")
-async def job(engine: EngineDep, job_id: str) -> Item:
+async def job(
+    request: Request,
+    engine: EngineDep,
+    job_id: str,
+    wait: Annotated[float, Query(
+        ge=0, le=MAX_JOB_WAIT, allow_inf_nan=False,
+        description="first wait up to this many seconds for the job to end (a long poll): "
+                    "the answer comes as soon as it ends")] = 0.0,
+) -> Item:
     """A job's state, progress and, once finished, its report."""
-    return await _call(engine.job, job_id)
+    if wait == 0:
+        return await _call(engine.job, job_id)
+    return await to_thread.run_sync(engine.job, job_id, wait, limiter=_waiters(request))
+
+
+def _waiters(request: Request) -> CapacityLimiter:
+    """The threads of long polls, made on first use (in the event loop, as anyio prefers)."""
+    limiter: CapacityLimiter | None = getattr(request.app.state, "job_waiters", None)
+    if limiter is None:
+        limiter = request.app.state.job_waiters = CapacityLimiter(JOB_WAITERS)
+    return limiter
 
 
 @router.get("/status")

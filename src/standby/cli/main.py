@@ -1,9 +1,9 @@
 """The ``standby`` command: a client of the engine's REST API.
 
 It finds the engine of a home directory through HOME/engine.json (written by the running
-engine) and HOME/api-token. Only ``standby engine`` (which runs the engine) and ``standby id``
-(which reads the engine's certificate, so that it works while the engine is stopped) touch the
-engine's code; every other command is an HTTP request.
+engine) and HOME/api-token. Only ``standby engine`` (which runs the engine) loads the engine's
+code; ``standby id`` reads the engine's certificate file, so that it works while the engine is
+stopped; every other command is an HTTP request.
 
 Exit statuses: 0 done; 1 the engine refused the request or the job failed; 2 bad input (usage
 errors, or the engine said 400); 3 the engine is not running or cannot be reached; 130
@@ -12,21 +12,35 @@ interrupted while waiting for a job (the job goes on in the engine).
 
 from __future__ import annotations
 
+import base64
 import enum
+import hashlib
 import json
+import os
+import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console, RenderableType
 
-from . import render
 from .client import ApiClient, ApiError, EngineLocation, EngineUnreachable, path, start_hint
+from .formatting import job_outcome
+from .plain_values import install as pass_plain_values
 from .progress import wait_for_job
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+
+# Start-up time counts (a benchmark times `standby sync` end to end), so this module imports
+# typer and the standard library only: http.client loads with the first request; rich (tables,
+# the progress bar) in the functions that draw with it, .render with it; the engine's code and
+# cryptography only for `standby engine`; and pydantic, which typer would load to coerce every
+# parameter's value, only for values that need it (.plain_values). tests/cli/test_cli.py checks
+# which modules `standby sync` and `standby status --json` load.
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -36,7 +50,9 @@ EXIT_INTERRUPTED = 130
 #: Seconds between two polls of the event list with ``standby events --follow``.
 FOLLOW_INTERVAL = 1.0
 
-DEFAULT_HOME = Path("~/.standby")
+DEFAULT_HOME = "~/.standby"
+
+pass_plain_values()
 
 app = typer.Typer(
     name="standby",
@@ -70,13 +86,14 @@ ScenarioName = Annotated[str, typer.Argument(metavar="NAME", help="The scenario'
 @app.callback()
 def root(
     ctx: typer.Context,
-    home: Annotated[Path, typer.Option(
+    # A str, not a Path: typer coerces a Path through pydantic (see .plain_values).
+    home: Annotated[str, typer.Option(
         "--home", envvar="STANDBY_HOME", metavar="DIR",
         help="The engine's home directory: its identity, state, api-token and engine.json. "
              "The engine and the commands must agree on it.")] = DEFAULT_HOME,
 ) -> None:
     """Real-time replication and failover."""
-    ctx.obj = home.expanduser().absolute()
+    ctx.obj = Path(home).expanduser().absolute()
 
 
 def _home(ctx: typer.Context) -> Path:
@@ -124,7 +141,13 @@ def peer_add(
 @peer_app.command("list")
 def peer_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """List the paired engines."""
-    _show(_home(ctx), path("peers"), as_json, render.peers_table, "no peers paired yet")
+    peers = _query(_home(ctx), path("peers"), as_json)
+    if not peers:
+        typer.echo("no peers paired yet")
+        return
+    from . import render
+
+    _print(render.peers_table(peers))
 
 
 @peer_app.command("remove")
@@ -146,14 +169,22 @@ def scenario_add(
 @scenario_app.command("list")
 def scenario_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """List the scenarios, with their state."""
-    _show(_home(ctx), path("scenarios"), as_json, render.scenarios_table,
-          "no scenarios; add one with `standby scenario add FILE`")
+    scenarios = _query(_home(ctx), path("scenarios"), as_json)
+    if not scenarios:
+        typer.echo("no scenarios; add one with `standby scenario add FILE`")
+        return
+    from . import render
+
+    _print(render.scenarios_table(scenarios))
 
 
 @scenario_app.command("show")
 def scenario_show(ctx: typer.Context, name: ScenarioName, as_json: JsonOption = False) -> None:
     """Show a scenario's definition."""
-    _show(_home(ctx), path("scenarios", name), as_json, render.scenario_detail)
+    scenario = _query(_home(ctx), path("scenarios", name), as_json)
+    from . import render
+
+    _print(render.scenario_detail(scenario))
 
 
 @scenario_app.command("remove")
@@ -201,7 +232,10 @@ def status_command(
 ) -> None:
     """Show the scenarios' state, statistics per host and running synchronizations."""
     url = path("status") if name is None else path("status", name)
-    _show(_home(ctx), url, as_json, render.status_view)
+    scenarios = _query(_home(ctx), url, as_json)
+    from . import render
+
+    _print(render.status_view(scenarios))
 
 
 @app.command("events")
@@ -221,15 +255,29 @@ def events_command(
 @app.command("report")
 def report_command(ctx: typer.Context, name: ScenarioName, as_json: JsonOption = False) -> None:
     """Show the report of a scenario's last synchronization."""
-    _show(_home(ctx), path("scenarios", name, "report"), as_json,
-          lambda report: render.report_view(name, report))
+    report = _query(_home(ctx), path("scenarios", name, "report"), as_json)
+    from . import render
+
+    _print(render.report_view(name, report))
 
 
 # --- helpers ------------------------------------------------------------------------------------
 
 
 def _out() -> Console:
+    from rich.console import Console
+
     return Console(highlight=False)
+
+
+def _terminal() -> Console | None:
+    """A console to draw a progress bar on when stdout is a terminal, as rich decides; None
+    otherwise. Without a tty nor rich's variables that force one, rich is not even imported."""
+    if not (sys.stdout.isatty() or "TTY_COMPATIBLE" in os.environ
+            or "FORCE_COLOR" in os.environ):
+        return None
+    console = _out()
+    return console if console.is_terminal else None
 
 
 def _fail(message: str, status: int) -> NoReturn:
@@ -261,35 +309,55 @@ def _run_engine(home: Path, name: str | None, listen: str | None, api: str | Non
     return run_engine(home, name, listen, api)
 
 
+#: Where the engine keeps its certificate: HOME/identity/cert.pem (standby.engine.identity).
+CERT_PATH = Path("identity", "cert.pem")
+
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]*)-----END CERTIFICATE-----")
+
+
 def _print_fingerprint(home: Path) -> None:
-    """Read the certificate only: the engine creates the identity, never this command."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding
+    """Read the certificate only: the engine creates the identity, never this command.
 
-    from ..engine.identity import CERT_FILE, IDENTITY_DIR, fingerprint_of
-
-    cert_path = home / IDENTITY_DIR / CERT_FILE
+    The fingerprint is the SHA-256 of the certificate's DER bytes (``fingerprint_of`` in
+    standby.engine.identity), read here with the standard library: loading cryptography and the
+    engine's identity code would cost this command 150 ms for one base64 decode.
+    """
+    cert_path = home / CERT_PATH
     try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        der = _certificate_der(cert_path.read_bytes())
     except FileNotFoundError:
         _fail(f"{home} has no engine identity yet; {start_hint(home)} once to create it",
               EXIT_FAILED)
     except (OSError, ValueError) as exc:
         _fail(f"cannot read the engine's certificate {cert_path}: {exc}", EXIT_FAILED)
-    typer.echo(fingerprint_of(cert.public_bytes(Encoding.DER)))
+    typer.echo(hashlib.sha256(der).hexdigest())
 
 
-def _show(home: Path, url: str, as_json: bool, view: Callable[[Any], RenderableType],
-          empty: str = "") -> None:
-    """GET ``url``; print it as JSON, or as ``view(data)`` renders it (``empty`` for [])."""
+def _certificate_der(pem: bytes) -> bytes:
+    """The DER bytes of the first certificate of a PEM file; ValueError if there is none."""
+    match = _PEM_CERTIFICATE.search(pem)
+    if match is None:
+        raise ValueError("no PEM certificate in it")
+    der = base64.b64decode(b"".join(match[1].split()), validate=True)  # binascii.Error: ValueError
+    if not der.startswith(b"\x30"):  # an X.509 certificate is a DER SEQUENCE
+        raise ValueError("its PEM certificate is not DER")
+    return der
+
+
+def _query(home: Path, url: str, as_json: bool) -> Any:
+    """GET ``url`` and return the answer for the caller to show to people; with ``--json``,
+    print it and end the command here, before the caller imports rich to draw it."""
     with _engine(home) as api:
         data = api.get(url)
     if as_json:
         _print_json(data)
-    elif data == [] and empty:
-        typer.echo(empty)
-    else:
-        _out().print(view(data))
+        raise typer.Exit()
+    return data
+
+
+def _print(view: RenderableType) -> None:
+    _out().print(view)
 
 
 def _change(home: Path, method: str, url: str, done: str) -> None:
@@ -329,7 +397,8 @@ def _run_job(home: Path, url: str, body: dict[str, Any] | None, no_wait: bool) -
             typer.echo(job["id"])
             return
         try:
-            job = wait_for_job(lambda: api.get(path("jobs", job["id"])), job, _out())
+            job = wait_for_job(lambda wait: api.get(path("jobs", job["id"]), {"wait": wait}),
+                               job, _terminal)
         except KeyboardInterrupt:
             _fail(f"stopped waiting; job {job['id']} goes on in the engine (follow it with "
                   f"`standby status {job['scenario']}`, stop it with `standby scenario stop "
@@ -337,7 +406,7 @@ def _run_job(home: Path, url: str, body: dict[str, Any] | None, no_wait: bool) -
     if job["state"] != "succeeded":
         _fail(f"synchronization of {job['scenario']} {job['state']}: {job['error']}",
               EXIT_FAILED)
-    typer.echo(f"synchronization of {job['scenario']} succeeded: {render.job_outcome(job)}")
+    typer.echo(f"synchronization of {job['scenario']} succeeded: {job_outcome(job)}")
 
 
 def _show_events(home: Path, scenario: str | None, limit: int, follow: bool,
@@ -358,12 +427,15 @@ def _show_events(home: Path, scenario: str | None, limit: int, follow: bool,
 
 
 def _print_events(events: list[dict[str, Any]], as_json_lines: bool = False) -> None:
+    if as_json_lines:
+        for event in events:
+            _print_json(event, indent=None)
+        return
+    from .render import event_line
+
     console = _out()
     for event in events:
-        if as_json_lines:
-            _print_json(event, indent=None)
-        else:
-            console.print(render.event_line(event), soft_wrap=True)
+        console.print(event_line(event), soft_wrap=True)
 
 
 def _follow_events(api: ApiClient, params: dict[str, str | int], events: list[dict[str, Any]],

@@ -35,9 +35,11 @@ class Progress:
     bytes_done: int = 0
     bytes_sent: int = 0
     started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
 
     def snapshot(self) -> dict[str, Any]:
-        elapsed = max(time.time() - self.started_at, 1e-6)
+        end = time.time() if self.finished_at is None else self.finished_at
+        elapsed = max(end - self.started_at, 1e-6)
         rate = self.bytes_done / elapsed
         remaining = max(self.bytes_total - self.bytes_done, 0)
         return {
@@ -107,7 +109,7 @@ class Job:
             self.state = JobState.FAILED
             self.error = f"unexpected error, please report it as a bug: {exc!r}"
         finally:
-            self.finished_at = time.time()
+            self.finished_at = self.work.progress.finished_at = time.time()
             self.work.progress.phase = self.state.value
             try:
                 on_done(self)

@@ -129,8 +129,11 @@ class PeerServer:
             session.fail(ev.PATH_REFUSED.code, str(exc))
         except PeerFailure as exc:
             log.info("session with %s ended by the peer: %s", peer, exc)
-        except (LinkError, OSError) as exc:
+        except LinkError as exc:
             engine.emit(ev.SESSION_ERROR, f"session with {peer} ({where}): {exc}", scenario)
+        except OSError as exc:  # a file operation failed here: tell the peer why we stop
+            engine.emit(ev.SESSION_ERROR, f"session with {peer} ({where}): {exc}", scenario)
+            session.fail(ev.SESSION_ERROR.code, f"{engine.name}: {exc}")
         finally:
             session.close()
 

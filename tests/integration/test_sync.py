@@ -6,6 +6,8 @@ import json
 import os
 import random
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -219,3 +221,39 @@ def test_leftover_staging_files_are_removed(engines: tuple[EngineProcess, Engine
     alpha.cli("scenario", "start", "files")
     assert sorted(p.name for p in replica_root.rglob("*")) == ["a.txt", "dir"]
     assert_trees_equal(master_root, replica_root)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs: a replica disk that fills up."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs (needs root): {result.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_full_replica_disk_fails_cleanly(engines: tuple[EngineProcess, EngineProcess],
+                                         tmp_path: Path, small_disk: Path) -> None:
+    """A replica disk that fills up fails the file with the reason, leaves no temporary
+    files, keeps the other files, and the replica stays marked inconsistent."""
+    alpha, _ = engines
+    master_root, replica_root = tmp_path / "master", small_disk / "replica"
+    master_root.mkdir()
+    (master_root / "fits.txt").write_text("small\n")
+    (master_root / "too-big.bin").write_bytes(random.Random(3).randbytes(4 << 20))
+    alpha.cli("scenario", "add", str(scenario_file(tmp_path, master_root, replica_root)))
+    result = alpha.cli("scenario", "start", "files", check=False)
+    assert result.returncode == 1
+    report = json.loads(alpha.cli("report", "files", "--json").stdout)
+    assert report["ok"] is False
+    assert "No space left on device" in " ".join(report["errors"])
+    assert sorted(p.name for p in replica_root.iterdir()) == ["fits.txt"]
+    assert "SB2107" in [e["code"] for e in alpha.events("files")]
+    status = json.loads(alpha.cli("status", "files", "--json").stdout)
+    assert status[0]["consistent"] is False

@@ -55,6 +55,7 @@ class Session:
         self._recv_lock = threading.Lock()
         self.peer_engine = ""
         self.purpose = ""
+        self._corked: list[Message] = []  # see send_later()
 
     def __repr__(self) -> str:
         return f"<Session {self.our_engine}<->{self.peer_engine or '?'} {self.purpose} {self._conn!r}>"
@@ -84,16 +85,30 @@ class Session:
 
     # --- messages -------------------------------------------------------------------------------
 
-    def send(self, message: Message) -> None:
+    def send(self, *messages: Message) -> None:
+        """Send messages (with any corked ones before them) in one write: small messages share
+        TLS records and system calls."""
         with self._send_lock:
+            queued, self._corked = self._corked, []
+            pieces: list[bytes | memoryview] = []
             with self._conn_lock:
-                pieces = self._conn.send(message)
+                for message in (*queued, *messages):
+                    pieces += self._conn.send(message)
             try:
                 self.channel.send(pieces)
             except BaseException:
                 with self._conn_lock:
                     self._conn.send_failed()
                 raise
+
+    def send_later(self, message: Message) -> None:
+        """Queue a message that nobody waits for; it leaves with the next send, or before this
+        session next waits for data (so a peer is never kept waiting for it)."""
+        self._corked.append(message)
+
+    def flush(self) -> None:
+        if self._corked:
+            self.send()
 
     def recv(self) -> Message:
         """The next message. A Failure from the peer raises :class:`PeerFailure`."""
@@ -102,6 +117,7 @@ class Session:
                 with self._conn_lock:
                     event = self._conn.next_event()
                 if event is NEED_DATA:
+                    self.flush()
                     data = self.channel.recv(READ_SIZE)
                     with self._conn_lock:
                         self._conn.receive_data(data)
@@ -129,7 +145,7 @@ class Session:
         """Say Goodbye when the session is still open, then close the channel."""
         try:
             if self._conn.state.name == "OPEN":
-                self.send(Goodbye())
+                self.send(Goodbye())  # corked messages leave first
         except Exception:
             pass
         self.channel.close()

@@ -85,6 +85,13 @@ MAX_RUN = 1024 * 1024
 #: round trip for small files and lets both hosts hash large ones at the same time.
 HASH_WINDOW_FILES = 64
 HASH_WINDOW_BYTES = 512 * 1024 * 1024
+#: Files opened ahead of the one being sent, with the kernel asked to read them already
+#: (POSIX_FADV_WILLNEED): a cold tree of small files is then read with many requests in flight
+#: instead of one file at a time. Bytes counted up to READ_AHEAD_FILE_BYTES per file (the
+#: kernel's own readahead serves the rest of a large file).
+READ_AHEAD_FILES = 32
+READ_AHEAD_BYTES = 64 * 1024 * 1024
+READ_AHEAD_FILE_BYTES = 4 * 1024 * 1024
 #: Errors kept in a report (the count is always exact).
 MAX_REPORTED_ERRORS = 100
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -151,6 +158,52 @@ class _Mailbox:
             out = list(self._results)
             self._results.clear()
             return out
+
+
+class _OpenAhead:
+    """Opens the files to read a little ahead of the sender and asks the kernel to start
+    reading them. ``take`` hands an open descriptor over to the caller (who closes it), or
+    raises the OSError that opening raised."""
+
+    def __init__(self, root: bytes, files: list[_FileWork]) -> None:
+        self._root = root
+        self._pending = deque(w for w in files if w.action in ("whole", "compare"))
+        self._open: dict[int, int | OSError] = {}
+        self._bytes = 0
+
+    def take(self, work: _FileWork) -> int:
+        self._fill(work)
+        fd = self._open.pop(work.file_id, None)
+        if fd is None:  # not planned ahead (a file sent again): open it now
+            return os.open(os.path.join(self._root, work.path), _OPEN_FLAGS)
+        if isinstance(fd, OSError):
+            raise fd
+        self._bytes -= min(work.entry.size, READ_AHEAD_FILE_BYTES)
+        return fd
+
+    def _fill(self, current: _FileWork) -> None:
+        """Open files in plan order until the window is full and ``current`` is open."""
+        while self._pending and (
+                (len(self._open) < READ_AHEAD_FILES and self._bytes < READ_AHEAD_BYTES)
+                or (current.file_id not in self._open
+                    and self._pending[0].file_id <= current.file_id)):  # ids follow the plan
+            work = self._pending.popleft()
+            try:
+                fd = os.open(os.path.join(self._root, work.path), _OPEN_FLAGS)
+            except OSError as exc:
+                self._open[work.file_id] = exc
+                continue
+            ahead = min(work.entry.size, READ_AHEAD_FILE_BYTES)
+            if ahead:
+                os.posix_fadvise(fd, 0, ahead, os.POSIX_FADV_WILLNEED)
+            self._open[work.file_id] = fd
+            self._bytes += ahead
+
+    def close(self) -> None:
+        for fd in self._open.values():
+            if isinstance(fd, int):
+                os.close(fd)
+        self._open.clear()
 
 
 @dataclass
@@ -502,6 +555,14 @@ class _RootSync:
 
     def _transfer(self, files: list[_FileWork]) -> None:
         assert self.session is not None
+        self.opener = _OpenAhead(self.root_bytes, files)
+        try:
+            self._transfer_files(files)
+        finally:
+            self.opener.close()
+
+    def _transfer_files(self, files: list[_FileWork]) -> None:
+        assert self.session is not None
         compares = [w for w in files if w.action == "compare"]
         ahead = 0  # HashRequests sent so far, in compare order
         window_bytes = 0
@@ -556,9 +617,8 @@ class _RootSync:
         self.engine.emit(ev.FILE_FAILED, f"{name}: {message}", name)
 
     def _sync_file(self, work: _FileWork, redo: bool = False) -> None:
-        path = os.path.join(self.root_bytes, work.path)
         try:
-            fd = os.open(path, _OPEN_FLAGS)
+            fd = self.opener.take(work)
         except FileNotFoundError:
             self.c.files_vanished += 1
             self.mail.forget(work.file_id)
@@ -593,19 +653,27 @@ class _RootSync:
             else:
                 self.c.files_updated += 1
 
-    def _send_file_end(self, work: _FileWork, size: int, digest: bytes) -> None:
+    def _send_file_end(self, work: _FileWork, size: int, digest: bytes,
+                       before: list[Message] | None = None) -> None:
+        """Send FileEnd, after ``before`` in the same write (a small file is then one write)."""
         assert self.session is not None
         entry = work.entry
-        self.session.send(FileEnd(file_id=work.file_id, size=size, mode=entry.mode,
-                                  mtime_ns=entry.mtime_ns, digest=digest))
+        self.session.send(*(before or ()), FileEnd(file_id=work.file_id, size=size,
+                                                   mode=entry.mode, mtime_ns=entry.mtime_ns,
+                                                   digest=digest))
         self._sent[work.file_id] = work
         self.outstanding += 1
 
     def _send_whole(self, work: _FileWork, fd: int, size: int) -> bool:
-        """Stream a file whole: holes skipped, zero blocks implied, digests on the way."""
+        """Stream a file whole: holes skipped, zero blocks implied, digests on the way.
+
+        Messages are gathered and written together, at the latest before the read buffer they
+        point into is refilled.
+        """
         assert self.session is not None
-        send, bs = self.session.send, self.bs
-        self.session.send(FileBegin(file_id=work.file_id, path=work.path, size=size, whole=True))
+        bs = self.bs
+        batch: list[Message] = [FileBegin(file_id=work.file_id, path=work.path, size=size,
+                                          whole=True)]
         full, rest = divmod(size, bs)
         digests = bytearray(zero_digest(bs) * full + (zero_digest(rest) if rest else b""))
         buffer = memoryview(self.buffer)
@@ -613,6 +681,9 @@ class _RootSync:
         for start, end in _block_extents(fd, size, bs):
             offset = start
             while offset < end:
+                if batch and isinstance(batch[-1], BlockData):
+                    self.session.send(*batch)  # before the buffer is read into again
+                    batch = []
                 want = min(len(buffer), end - offset)
                 got = os.preadv(fd, [buffer[:want]], offset)
                 if got <= 0:
@@ -626,14 +697,13 @@ class _RootSync:
                 zeros = zero_blocks(chunk, bs, chunk_digests)
                 for lo, hi in _data_runs(-(-got // bs), zeros, max(1, MAX_RUN // bs)):
                     view = chunk[lo * bs:hi * bs]
-                    send(BlockData(file_id=work.file_id, offset=offset + lo * bs,
-                                   digests=chunk_digests[lo * BLOCK_DIGEST_SIZE:
-                                                         hi * BLOCK_DIGEST_SIZE],
-                                   payload=view))
+                    batch.append(BlockData(
+                        file_id=work.file_id, offset=offset + lo * bs, payload=view,
+                        digests=chunk_digests[lo * BLOCK_DIGEST_SIZE:hi * BLOCK_DIGEST_SIZE]))
                     self.c.bytes_sent += len(view)
                     self.progress.bytes_sent += len(view)
                 offset += got
-        self._send_file_end(work, size, file_digest(bytes(digests), size))
+        self._send_file_end(work, size, file_digest(bytes(digests), size), before=batch)
         return True
 
     def _compare_and_send(self, work: _FileWork, fd: int) -> bool:

@@ -67,6 +67,9 @@ COMMIT_BATCH_FILES = 1000
 COMMIT_BATCH_BYTES = 512 * 1024 * 1024
 #: BlockData frames queued for the writer thread (up to 1 MiB each).
 WRITE_QUEUE = 8
+#: Smaller payloads (the files of a tree of small files) are written at once by the session
+#: thread: disjoint ranges, so the order against queued writes does not matter.
+WRITE_BEHIND_MIN = 256 * 1024
 #: FileResult message for a digest mismatch: the master sends the file again, whole.
 DIGEST_MISMATCH = "digest mismatch"
 
@@ -325,7 +328,10 @@ class ReplicaSync:
         current = self._current(message.file_id, message.offset, len(message.payload))
         self.stats.add("bytes_received", len(message.payload))
         if current.error is None:
-            self._writer.submit(current, message)
+            if len(message.payload) >= WRITE_BEHIND_MIN:
+                self._writer.submit(current, message)
+            else:  # a thread hand-off would cost more than the write
+                self._writer.write(current, message)
 
     def _zero_range(self, message: ZeroRange) -> None:
         current = self._current(message.file_id, message.offset, message.length)
@@ -367,7 +373,7 @@ class ReplicaSync:
                 self.root.discard_temp(current.path, current.temp)
             if current.error != DIGEST_MISMATCH:
                 self.stats.add("files_failed")
-            self.session.send(FileResult(file_id=message.file_id, ok=False,
+            self.session.send_later(FileResult(file_id=message.file_id, ok=False,
                                          message=current.error))
             return
         self.stats.add("files_received")
@@ -380,7 +386,7 @@ class ReplicaSync:
                 self._commit_staged()
         else:
             self.root.set_attrs(current.path, message.mode, message.mtime_ns)
-        self.session.send(FileResult(file_id=message.file_id, ok=True, message=""))
+        self.session.send_later(FileResult(file_id=message.file_id, ok=True, message=""))
 
     def _commit_staged(self) -> None:
         """Make staged files durable, then give them their names."""
@@ -425,11 +431,12 @@ class _Writer:
             try:
                 if item is None:
                     return
-                self._write(*item)
+                self.write(*item)
             finally:
                 self._queue.task_done()
 
-    def _write(self, file: _File, message: BlockData) -> None:
+    def write(self, file: _File, message: BlockData) -> None:
+        """Check and write one frame's blocks (in the writer thread, or the caller's)."""
         if file.error is not None:
             return
         if block_digests(message.payload, self.block_size) != message.digests:

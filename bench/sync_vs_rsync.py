@@ -3,10 +3,12 @@
 Usage:
     .venv/bin/python bench/sync_vs_rsync.py [--quick] [--runs N] [--out DIR] [--only-rsync]
 
-Each case builds the replica's starting state (outside the timing), settles the page cache
-(cold: sync and drop_caches; warm: read master and replica), times one tool end to end from
-the client side, then checks that the replica equals the master. A wrong copy fails the case:
-its speed is never reported. The ratio is median(standby) / median(rsync): lower is better.
+Each case first prepares every run's replica, one fresh directory per run and tool, then
+settles the file system, and only then times the runs one after another: before each run it
+settles the page cache (cold: sync and drop_caches; warm: read master and replica), times one
+tool end to end from the client side, then checks that the replica equals the master. A wrong
+copy fails the case: its speed is never reported. The ratio is median(standby) /
+median(rsync): lower is better; the per-run times are reported too.
 
 rsync runs as a daemon on 127.0.0.1 and the client pushes to it, as standby's master pushes to
 its replica engine. Progress goes to stderr; the report (Markdown) to stdout and to --out.
@@ -15,6 +17,18 @@ Choices worth knowing when reading the numbers:
 - Every run starts from the same replica content for both tools: empty (first syncs), the
   pristine image (resync after a change), or a `cp -a` of the master (no-change resyncs).
   Copies use `cp --sparse=always`, so zero runs of a prepared replica are holes for both.
+- Nothing is deleted between preparing a run's replica and timing it. On ext4 without a
+  journal (this VM's root file system), an inode freed in the last 60 s (up to 360 s while its
+  inode-table block is dirty) is skipped by the allocator after a scan of its block group, so
+  creating files next to a fresh deletion is many times slower. Old run directories are kept
+  while the disk has room, else deleted at the end of a case; the next case then waits until
+  60 s after that deletion. After preparing a case and before each run, a probe of 1,000 file
+  creates must run within twice the best probe time plus 10 ms (details in Settler).
+- Cold runs pause after drop_caches: the VM hands freed memory back to its host (free page
+  reporting) a few seconds later, and page-cache writes run about 3x faster on pages that were
+  not handed back yet. The pause makes both tools start from the same, settled, state.
+- The scratch directory defaults to /var/tmp, not /tmp: test suites create and delete files
+  under /tmp all day, which slows every file create in the block groups they use.
 - Cold runs are the first syncs and case 2cold. Case 3 is warm: both tools then read both
   sides from memory and the case measures comparison work, not the disk. Case 5resync is warm
   too: it measures per-file overhead with metadata cached.
@@ -48,7 +62,6 @@ from _common import (
     MiB,
     allocated,
     change_blocks,
-    clear_dir,
     copy_contents,
     drop_caches,
     fmt_size,
@@ -105,7 +118,6 @@ class Case:
     start: Start
     rsync_flags: tuple[str, ...]
     method: str  # standby's --method
-    quick_check: bool = False  # standby's --ignore-same-size-time (skip same size and mtime)
     changed_master: bool = False  # runs on the master after change_blocks()
 
 
@@ -130,10 +142,11 @@ def make_cases(sizes: Sizes) -> list[Case]:
              method="block"),
         Case(key="5first", title=f"first sync, {sizes.tree_files:,} small files", dataset=TREE,
              cold=True, target=1.0, start=Start.EMPTY, rsync_flags=("-a",), method="file"),
-        # rsync's default quick check skips files of equal size and mtime; so does standby here.
+        # rsync's default quick check skips files of equal size and mtime; so does standby's
+        # file method by itself (--ignore-same-size-time applies to the block method only).
         Case(key="5resync", title=f"resync, nothing changed, {sizes.tree_files:,} files",
              dataset=TREE, cold=False, target=1.0, start=Start.EQUAL, rsync_flags=("-a",),
-             method="file", quick_check=True),
+             method="file"),
     ]
 
 
@@ -209,18 +222,37 @@ class Data:
 # --- tools ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Slot:
+    """One timed run of one tool: its own replica directory, fresh for every case, run and tool."""
+
+    case: Case
+    index: int  # 0-based run number
+    tool: str
+    top: Path  # <scratch>/runs/<case>-r<run>-<tool>; the replica is its <dataset> subdirectory
+
+    @property
+    def name(self) -> str:
+        return self.top.name
+
+    @property
+    def replica(self) -> Path:
+        return self.top / self.case.dataset
+
+
 class Tool(Protocol):
     name: str
 
-    def replica(self, dataset: str) -> Path: ...
+    def prepare(self, slot: Slot) -> None: ...
 
-    def sync(self, case: Case) -> None: ...
+    def sync(self, slot: Slot) -> None: ...
 
-    def bytes_sent(self, case: Case) -> int | None: ...
+    def bytes_sent(self, slot: Slot) -> int | None: ...
 
 
 class RsyncDaemon:
-    """An rsync daemon on 127.0.0.1 whose module ``replica`` is ``path``; a context manager."""
+    """An rsync daemon on 127.0.0.1 whose module ``replica`` is ``path`` (the parent of every
+    run's directory); a context manager."""
 
     MODULE = "replica"
 
@@ -255,8 +287,9 @@ class RsyncDaemon:
         if self._proc is not None:
             stop_process(self._proc)
 
-    def url(self, dataset: str) -> str:
-        return f"rsync://127.0.0.1:{self.port}/{self.MODULE}/{dataset}/"
+    def url(self, slot: Slot) -> str:
+        relative = slot.replica.relative_to(self.path)
+        return f"rsync://127.0.0.1:{self.port}/{self.MODULE}/{relative}/"
 
 
 class Rsync:
@@ -266,16 +299,18 @@ class Rsync:
         self._data, self._daemon = data, daemon
         self._stats = ""
 
-    def replica(self, dataset: str) -> Path:
-        return self._daemon.path / dataset
+    def prepare(self, slot: Slot) -> None:
+        if not slot.replica.is_relative_to(self._daemon.path):
+            raise BenchError(f"{slot.replica} is outside the rsync module {self._daemon.path}")
 
-    def sync(self, case: Case) -> None:
+    def sync(self, slot: Slot) -> None:
         # --stats only adds a summary at the end; it gives the bytes sent.
+        case = slot.case
         self._stats = run(["rsync", *case.rsync_flags, "--stats",
-                           f"{self._data.master(case.dataset)}/", self._daemon.url(case.dataset)],
+                           f"{self._data.master(case.dataset)}/", self._daemon.url(slot)],
                           timeout=3600, what="rsync")
 
-    def bytes_sent(self, case: Case) -> int | None:
+    def bytes_sent(self, slot: Slot) -> int | None:
         found = re.search(r"Total bytes sent: ([\d,.]+)", self._stats)
         return int(re.sub(r"\D", "", found.group(1))) if found else None
 
@@ -336,11 +371,10 @@ class StandbyCli:
     def add_scenario(self, home: Path, toml: Path) -> None:
         self._cli(home, "scenario", "add", str(toml))
 
-    def sync(self, home: Path, scenario: str, method: str, ignore_same_size_time: bool) -> None:
-        args = ["sync", scenario, "--method", method]
-        if ignore_same_size_time:
-            args.append("--ignore-same-size-time")
-        self._cli(home, *args, timeout=3600)
+    def sync(self, home: Path, scenario: str, method: str) -> None:
+        # Never --ignore-same-size-time: the block method then compares content like rsync -I,
+        # and the file method skips files of equal size and mtime by itself.
+        self._cli(home, "sync", scenario, "--method", method, timeout=3600)
 
     def report(self, home: Path, scenario: str) -> dict[str, Any]:
         report = json.loads(self._cli(home, "report", scenario, "--json"))
@@ -361,13 +395,13 @@ def scenario_toml(name: str, master: Path, replica: Path, method: str) -> str:
 
 
 class Standby:
-    """Two standby engines on loopback, alpha (master) and beta (replica), paired and given
-    one scenario per data set; a context manager that stops them on exit."""
+    """Two standby engines on loopback, alpha (master) and beta (replica), paired; one scenario
+    per run, added while preparing it; a context manager that stops the engines on exit."""
 
     name = "standby"
 
-    def __init__(self, cli: StandbyCli, data: Data, datasets: set[str]) -> None:
-        self.cli, self._data, self._datasets = cli, data, datasets
+    def __init__(self, cli: StandbyCli, data: Data) -> None:
+        self.cli, self._data = cli, data
         self.dir = data.scratch / "standby"
         self.alpha, self.beta = self.dir / "alpha", self.dir / "beta"
         self._procs: list[subprocess.Popen[bytes]] = []
@@ -389,13 +423,6 @@ class Standby:
         alpha, beta = self.cli.engine_info(self.alpha), self.cli.engine_info(self.beta)
         self.cli.add_peer(self.alpha, "beta", beta["peer_address"], beta["fingerprint"])
         self.cli.add_peer(self.beta, "alpha", alpha["peer_address"], alpha["fingerprint"])
-        for dataset in sorted(self._datasets):
-            self.replica(dataset).mkdir(parents=True, exist_ok=True)
-            toml = self.dir / f"{self.scenario(dataset)}.toml"
-            method = "file" if dataset == TREE else "block"
-            toml.write_text(scenario_toml(self.scenario(dataset), self._data.master(dataset),
-                                          self.replica(dataset), method))
-            self.cli.add_scenario(self.alpha, toml)
 
     def __exit__(self, *exc_info: object) -> None:
         for proc in self._procs:
@@ -406,19 +433,24 @@ class Standby:
                          for name in ("alpha", "beta"))
 
     @staticmethod
-    def scenario(dataset: str) -> str:
-        return f"bench-{dataset}"
+    def scenario(slot: Slot) -> str:
+        return f"bench-{slot.name}"
 
-    def replica(self, dataset: str) -> Path:
-        return self._data.scratch / "replica-standby" / dataset
+    def prepare(self, slot: Slot) -> None:
+        """Add the run's own scenario (master data set -> the run's replica), outside timing."""
+        name = self.scenario(slot)
+        toml = self.dir / f"{name}.toml"
+        toml.write_text(scenario_toml(name, self._data.master(slot.case.dataset), slot.replica,
+                                      slot.case.method))
+        self.cli.add_scenario(self.alpha, toml)
 
-    def sync(self, case: Case) -> None:
+    def sync(self, slot: Slot) -> None:
         # `sync` on a scenario that was added but not started: with real-time replication
         # running, our own changes to the master would be replicated before the timing.
-        self.cli.sync(self.alpha, self.scenario(case.dataset), case.method, case.quick_check)
+        self.cli.sync(self.alpha, self.scenario(slot), slot.case.method)
 
-    def bytes_sent(self, case: Case) -> int | None:
-        sent = self.cli.report(self.alpha, self.scenario(case.dataset)).get("bytes_sent")
+    def bytes_sent(self, slot: Slot) -> int | None:
+        sent = self.cli.report(self.alpha, self.scenario(slot)).get("bytes_sent")
         return sent if isinstance(sent, int) else None
 
 
@@ -436,12 +468,148 @@ def find_standby(explicit: str | None) -> Path:
 # --- runs -------------------------------------------------------------------------------------
 
 
+# Pause after drop_caches before a cold run. The VM reports freed memory to its host (virtio
+# free page reporting, in 2 s rounds), after which the first write to each page faults in the
+# host. Measured here, dd of 1 GiB into the page cache, by pause after drop_caches: 0 s 2.7-2.8
+# GB/s, 2 s 1.6-2.2, 3 s 1.2-1.3, 5 s 1.0-1.2, 8 s 0.74-1.0, 12 s 0.71-0.83, 20 s 0.83-0.86:
+# settled from about 8 s. Without the pause a run would race the reporting.
+COLD_PAUSE = 8.0
+# Disk kept free beyond the run directories when deciding to keep them all (others share it).
+DISK_RESERVE = 10 * GiB
+
+
+class Settler:
+    """Waits until file creates run at their usual speed before a timed run.
+
+    This VM's root file system is ext4 without a journal. There, the inode allocator skips
+    every inode freed less than 60 s ago (360 s while its inode-table block is dirty), with a
+    buffer-cache lookup per skipped inode (perf: recently_deleted() in find_inode_bit()), so a
+    create in a block group full of freshly freed inodes costs up to ~1 ms instead of ~50 us.
+    Measured here, 1,000 creates in a fresh directory, probed every second with a sync after
+    each: 0.035-0.06 s normally; 0.25-1.0 s for 71 s after deleting 25,000 files (a quick
+    run's scratch directory), then 0.035-0.06 s again at once; 0.6-1.0 s all the time under
+    /tmp, where test suites delete files. A run started right after another one's cleanup saw
+    0.4 s for over 150 s: building the data dirties the inode tables, and a dirty block's
+    freed inodes stay "recent" for 360 s.
+
+    So: sync; if we deleted something, wait until 60 s after; then probe 1,000 creates in a
+    fresh directory (never deleted before the end) every second until ``streak`` probes in a
+    row run within twice the best probe seen plus 10 ms, the best counting as at most 75 ms
+    (a limit of 160 ms: the slow state is never below 250 ms, and the best probe seen may be
+    one of them). After 300 s without success, warn and accept the current speed as normal.
+    """
+
+    PROBE_FILES = 1000
+    AFTER_DELETION = 60.0
+    SLOWER, SLACK = 2.0, 0.010
+    INTERVAL, MAX_WAIT = 1.0, 300.0
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.best = 0.075
+        self.worst = 0.0  # the slowest probe that let a run start
+        self.waits: list[float] = []  # seconds spent settling, per call
+        self._last_deletion = float("-inf")
+        self._probes = 0
+
+    def deleted(self) -> None:
+        """Note a deletion of ours; sync so that the freed inodes' blocks are clean (60 s)."""
+        os.sync()
+        self._last_deletion = time.monotonic()
+
+    def probe(self) -> float:
+        self._probes += 1
+        directory = self.root / f"p{self._probes:05d}"
+        directory.mkdir(parents=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        started = time.perf_counter()
+        for i in range(self.PROBE_FILES):
+            os.close(os.open(directory / f"f{i:04d}", flags, 0o644))
+        seconds = time.perf_counter() - started
+        self.best = min(self.best, seconds)
+        return seconds
+
+    @property
+    def limit(self) -> float:
+        return self.best * self.SLOWER + self.SLACK
+
+    def settle(self, streak: int = 1) -> float:
+        """Return the last probe's seconds, once the file system is steady (see the class)."""
+        started = time.monotonic()
+        os.sync()
+        remaining = self._last_deletion + self.AFTER_DELETION - started
+        if remaining > 0:
+            log(f"waiting {remaining:.0f} s: creates are slow for 60 s after a deletion")
+            time.sleep(remaining)
+        good = 0
+        while True:
+            seconds = self.probe()
+            os.sync()  # no write-back of the probe's inodes during the next probe or the timing
+            good = good + 1 if seconds <= self.limit else 0
+            if good >= streak:
+                break
+            if time.monotonic() - started > self.MAX_WAIT:
+                log(f"warning: 1,000 creates still take {seconds:.3f} s (limit "
+                    f"{self.limit:.3f} s) after {self.MAX_WAIT:.0f} s: other work on this file "
+                    "system? Taking this speed as the normal one.")
+                self.best = seconds / self.SLOWER
+                break
+            time.sleep(self.INTERVAL)
+        self.worst = max(self.worst, seconds)
+        self.waits.append(time.monotonic() - started)
+        return seconds
+
+
+class Room:
+    """Disk room for the run directories: every case's are kept while the disk has room for
+    the next case's (estimated from the master data set) plus a reserve; else the oldest cases'
+    are deleted before the next case is prepared (then the Settler waits out the deletion)."""
+
+    def __init__(self, data: Data, runs: int, tools: int) -> None:
+        self.data, self.copies = data, runs * tools
+        self.kept: list[tuple[str, list[Path]]] = []  # (case key, directories), oldest first
+        self.deleted: list[str] = []
+        self.free_at_start: int | None = None
+        self.largest = 0
+
+    def need(self, case: Case) -> int:
+        master = self.data.master(case.dataset)
+        apparent = sum(p.stat().st_size for p in master.rglob("*") if p.is_file())
+        return max(apparent, allocated(master)) * self.copies  # a replica may fill the holes
+
+    def make_room(self, case: Case, settler: Settler) -> None:
+        need = self.need(case)
+        self.largest = max(self.largest, need)
+        if self.free_at_start is None:
+            self.free_at_start = shutil.disk_usage(self.data.scratch).free
+        deleted = []
+        while self.kept and shutil.disk_usage(self.data.scratch).free < need + DISK_RESERVE:
+            key, directories = self.kept.pop(0)
+            for directory in directories:
+                shutil.rmtree(directory, ignore_errors=True)
+            deleted.append(key)
+        if deleted:
+            settler.deleted()
+            self.deleted += deleted
+            log(f"deleted the run directories of case(s) {', '.join(deleted)} to make room for "
+                f"{fmt_size(need)}")
+
+    def note(self) -> str:
+        text = (f"run directories kept while the disk had room ("
+                f"{fmt_size(self.free_at_start or 0)} free at the start, up to "
+                f"{fmt_size(self.largest)} per case, {fmt_size(DISK_RESERVE)} reserve)")
+        if self.deleted:
+            return text + f"; those of {', '.join(self.deleted)} deleted before the next case"
+        return text + "; none deleted"
+
+
 @dataclass
 class Outcome:
     """One tool's runs of one case."""
 
     seconds: list[float] = field(default_factory=list)
     bytes_sent: list[int | None] = field(default_factory=list)
+    probes: list[float] = field(default_factory=list)  # the settle probe before each run, s
     error: str | None = None
 
     @property
@@ -450,9 +618,11 @@ class Outcome:
 
 
 class Runner:
-    def __init__(self, data: Data, tools: Sequence[Tool], runs: int) -> None:
+    def __init__(self, data: Data, tools: Sequence[Tool], runs: int, settler: Settler) -> None:
         self.data, self.tools, self.runs = data, tools, runs
-        self._equal_ready: set[tuple[str, str]] = set()  # (tool, dataset) holding an EQUAL copy
+        self.settler = settler
+        self.room = Room(data, runs, len(tools))
+        self.runs_root = data.scratch / "runs"
         self.cold_possible = True
         # 1-minute load average before and after the runs: other work on the machine skews
         # absolute times (ratios suffer less, as both tools share the load).
@@ -464,26 +634,44 @@ class Runner:
         elif case.key == "1" and self.data.changed_blocks:
             raise BenchError("case 1 must run before the image is changed")
         outcomes = {tool.name: Outcome() for tool in self.tools}
+        plan: list[tuple[Slot, Tool]] = []
         for index in range(self.runs):
             # Alternate which tool goes first, so neither always inherits the other's leftovers.
             order = self.tools if index % 2 == 0 else list(reversed(self.tools))
-            for tool in order:
-                outcome = outcomes[tool.name]
-                if outcome.error is None:
-                    self._run_once(case, tool, outcome, index)
+            plan += [(Slot(case, index, tool.name,
+                           self.runs_root / f"{case.key}-r{index + 1}-{tool.name}"), tool)
+                     for tool in order]
+        # Every replica first, then the timings: nothing is deleted in between.
+        self.room.make_room(case, self.settler)
+        started = time.monotonic()
+        for slot, tool in plan:
+            try:
+                self._prepare(slot, tool)
+            except BenchError as error:
+                outcomes[tool.name].error = f"preparing {slot.name}: {error}"
+                log(f"[{case.key}] {outcomes[tool.name].error}")
+        prepared = time.monotonic() - started
+        probe = self.settler.settle(streak=2)
+        log(f"[{case.key}] prepared {len(plan)} replicas in {prepared:.1f} s, settled in "
+            f"{self.settler.waits[-1]:.1f} s (1,000 creates: {probe:.3f} s)")
+        for slot, tool in plan:
+            outcome = outcomes[tool.name]
+            if outcome.error is None:
+                self._run_once(slot, tool, outcome)
+        self.room.kept.append((case.key, [slot.top for slot, _ in plan]))
         return outcomes
 
-    def _run_once(self, case: Case, tool: Tool, outcome: Outcome, index: int) -> None:
-        label = f"[{case.key}] run {index + 1}/{self.runs} {tool.name}"
+    def _run_once(self, slot: Slot, tool: Tool, outcome: Outcome) -> None:
+        case = slot.case
+        label = f"[{case.key}] run {slot.index + 1}/{self.runs} {tool.name}"
         try:
-            self._prepare(case, tool)
-            self._settle(case, tool)
+            probe = self.settler.settle()
+            self._settle_cache(slot)
             started = time.perf_counter()
-            tool.sync(case)
+            tool.sync(slot)
             seconds = time.perf_counter() - started
-            sent = tool.bytes_sent(case)
-            problems = tree_differences(self.data.master(case.dataset),
-                                        tool.replica(case.dataset))
+            sent = tool.bytes_sent(slot)
+            problems = tree_differences(self.data.master(case.dataset), slot.replica)
             if problems:
                 raise BenchError("wrong copy: " + "; ".join(problems))
         except BenchError as error:
@@ -494,34 +682,35 @@ class Runner:
             return
         outcome.seconds.append(seconds)
         outcome.bytes_sent.append(sent)
+        outcome.probes.append(probe)
         sent_text = fmt_size(sent) if sent is not None else "?"
-        space = f", replica allocates {fmt_size(allocated(tool.replica(case.dataset)))}"
-        log(f"{label}: {seconds:.3f} s, sent {sent_text}, replica verified"
-            + (space if case.dataset == SPARSE else ""))
+        space = f", replica allocates {fmt_size(allocated(slot.replica))}"
+        log(f"{label}: {seconds:.3f} s, sent {sent_text}, replica verified (probe "
+            f"{probe:.3f} s)" + (space if case.dataset == SPARSE else ""))
 
-    def _prepare(self, case: Case, tool: Tool) -> None:
-        replica = tool.replica(case.dataset)
+    def _prepare(self, slot: Slot, tool: Tool) -> None:
+        """Build the run's starting state in a directory of its own, which must be new: so that
+        preparing never deletes anything."""
+        case = slot.case
+        slot.top.mkdir(parents=True, exist_ok=False)
         if case.start is Start.EMPTY:
-            clear_dir(replica)
+            slot.replica.mkdir()
         elif case.start is Start.PRISTINE:
-            copy_contents(self.data.pristine(case.dataset), replica)
-        elif (tool.name, case.dataset) not in self._equal_ready:
-            # A no-change resync leaves the replica as it was (each run verifies it), so one
-            # copy serves all runs; it also keeps the master's mtimes for the quick check.
-            copy_contents(self.data.master(case.dataset), replica)
-            self._equal_ready.add((tool.name, case.dataset))
-        if case.start is not Start.EQUAL:
-            self._equal_ready.discard((tool.name, case.dataset))
+            copy_contents(self.data.pristine(case.dataset), slot.replica)
+        else:  # a copy keeps the master's mtimes, for the quick check
+            copy_contents(self.data.master(case.dataset), slot.replica)
+        tool.prepare(slot)
 
-    def _settle(self, case: Case, tool: Tool) -> None:
-        if case.cold:
+    def _settle_cache(self, slot: Slot) -> None:
+        if slot.case.cold:
             if not drop_caches() and self.cold_possible:
                 self.cold_possible = False
                 log("warning: cannot drop caches (not root?): cold runs are warm")
+            time.sleep(COLD_PAUSE)
         else:
             os.sync()  # no write-back of our preparation during the timing
-            warm(self.data.master(case.dataset))
-            warm(tool.replica(case.dataset))
+            warm(self.data.master(slot.case.dataset))
+            warm(slot.replica)
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -540,6 +729,27 @@ def fmt_sent(outcome: Outcome | None) -> str:
         return "-"
     sent = outcome.bytes_sent[-1]
     return fmt_size(sent) if sent is not None else "?"
+
+
+def fmt_runs(outcome: Outcome | None) -> str:
+    if outcome is None:
+        return "-"
+    text = " ".join(f"{s:.2f}" for s in outcome.seconds)
+    return f"{text} FAILED" if outcome.error else text or "-"
+
+
+def fmt_spread(outcome: Outcome | None) -> str:
+    """(max - min) / median of the runs, in percent."""
+    if outcome is None or outcome.median is None or len(outcome.seconds) < 2:
+        return "-"
+    return f"{(max(outcome.seconds) - min(outcome.seconds)) / outcome.median * 100:.0f} %"
+
+
+def fmt_run_ratios(rsync: Outcome | None, standby: Outcome | None) -> str:
+    if rsync is None or standby is None or rsync.error or standby.error:
+        return "-"
+    return " ".join(f"{b / a:.2f}" for a, b in zip(rsync.seconds, standby.seconds, strict=True)
+                    if a > 0) or "-"
 
 
 def verdict(case: Case, rsync: Outcome | None, standby: Outcome | None) -> tuple[str, str]:
@@ -574,6 +784,13 @@ def report(args: argparse.Namespace, sizes: Sizes, data: Data, cases: Sequence[C
         + (f" ({fmt_size(data.tree_bytes)})" if data.tree_bytes else ""),
         "- cold: sync and drop_caches before each run; warm: master and replica read first. "
         "Ratio = standby / rsync, lower is better.",
+        f"- each run syncs into a fresh directory, prepared for all runs of a case before the "
+        f"first is timed; nothing deleted in between; {runner.room.note()}",
+        f"- settling: sync, then 1,000 file creates had to run within 2x the best + 10 ms "
+        f"(best {runner.settler.best * 1000:.0f} ms; slowest accepted "
+        f"{runner.settler.worst * 1000:.0f} ms; longest wait "
+        f"{max(runner.settler.waits, default=0):.0f} s); cold runs also paused "
+        f"{COLD_PAUSE:g} s after drop_caches",
         "",
         "| case | | cache | rsync s | standby s | ratio | target | result "
         "| rsync sent | standby sent |",
@@ -587,6 +804,21 @@ def report(args: argparse.Namespace, sizes: Sizes, data: Data, cases: Sequence[C
             f"| {case.key} | {case.title} | {'cold' if case.cold else 'warm'} "
             f"| {fmt_seconds(rsync)} | {fmt_seconds(standby)} | {ratio} | <= {case.target:g} "
             f"| {result} | {fmt_sent(rsync)} | {fmt_sent(standby)} |")
+    first = [tool.name for tool in runner.tools]
+    lines += [
+        "",
+        f"Per run, in run order (run 1 starts with {first[0]}, then the first tool alternates)"
+        "; spread = (max - min) / median:",
+        "",
+        "| case | rsync s | standby s | ratio | rsync spread | standby spread |",
+        "|---|---|---|---|--:|--:|",
+    ]
+    for case in cases:
+        outcomes = results.get(case.key, {})
+        rsync, standby = outcomes.get("rsync"), outcomes.get("standby")
+        lines.append(f"| {case.key} | {fmt_runs(rsync)} | {fmt_runs(standby)} "
+                     f"| {fmt_run_ratios(rsync, standby)} | {fmt_spread(rsync)} "
+                     f"| {fmt_spread(standby)} |")
     failures = [f"- {case.key} {tool}: {outcome.error}" for case in cases
                 for tool, outcome in results.get(case.key, {}).items() if outcome.error]
     if failures:
@@ -604,7 +836,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3, help="runs per case and tool (median)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out",
                         help="directory for the report (.md) and raw timings (.json)")
-    parser.add_argument("--scratch", type=Path, default=Path("/tmp/standby-bench"),
+    # Not under /tmp: test suites delete files there all the time (see Settler).
+    parser.add_argument("--scratch", type=Path, default=Path("/var/tmp/standby-bench"),
                         help="where the data is built (removed at the end unless --keep)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument("--only-rsync", action="store_true", help="time rsync alone")
@@ -629,17 +862,22 @@ def select_cases(cases: list[Case], keys: str | None) -> list[Case]:
 
 
 @contextmanager
-def scratch_dir(path: Path, keep: bool) -> Iterator[Path]:
-    """Create ``path`` afresh; refuse a non-empty directory that we did not create."""
+def scratch_dir(path: Path, keep: bool) -> Iterator[tuple[Path, bool]]:
+    """Create ``path`` afresh; refuse a non-empty directory that we did not create.
+
+    Yields the path and whether an old scratch directory was deleted.
+    """
     path = path.resolve()
+    deleted = False
     if path.exists() and any(path.iterdir()):
         if not (path / SCRATCH_MARKER).exists():
             raise BenchError(f"{path} is not empty and not a scratch directory of ours")
         shutil.rmtree(path)
+        deleted = True
     path.mkdir(parents=True, exist_ok=True)
     (path / SCRATCH_MARKER).touch()
     try:
-        yield path
+        yield path, deleted
     finally:
         if keep:
             log(f"kept {path}")
@@ -663,17 +901,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(rsync_version())
         datasets = {case.dataset for case in cases}
         with ExitStack() as stack:
-            scratch = stack.enter_context(scratch_dir(args.scratch, args.keep))
+            scratch, replaced = stack.enter_context(scratch_dir(args.scratch, args.keep))
+            settler = Settler(scratch / "probe")
+            if replaced:
+                settler.deleted()
             data = Data(scratch, sizes, args.seed)
             data.make_dirs(datasets)
             # Start both tools before building the data: a tool that fails fails fast.
-            daemon = stack.enter_context(RsyncDaemon(scratch, scratch / "replica-rsync"))
+            daemon = stack.enter_context(RsyncDaemon(scratch, scratch / "runs"))
             tools: list[Tool] = [Rsync(data, daemon)]
             if standby_exe is not None:
-                tools.append(stack.enter_context(
-                    Standby(StandbyCli(standby_exe), data, datasets)))
+                tools.append(stack.enter_context(Standby(StandbyCli(standby_exe), data)))
             data.build(datasets)
-            runner = Runner(data, tools, args.runs)
+            runner = Runner(data, tools, args.runs, settler)
             load_before = os.getloadavg()[0]
             results = {case.key: runner.run_case(case) for case in cases}
             runner.load = (load_before, os.getloadavg()[0])

@@ -69,15 +69,20 @@ def scenario_file(tmp_path: Path, master_root: Path, replica_root: Path,
                           [(master_root, replica_root)], method=method)
 
 
+def protect_varied_tree(alpha: EngineProcess, tmp_path: Path) -> tuple[Path, Path]:
+    """Build the varied tree, add the scenario `files` over it and run `scenario start`."""
+    master_root, replica_root = tmp_path / "master", tmp_path / "replica"
+    make_varied_tree(master_root)
+    alpha.cli("scenario", "add", str(scenario_file(tmp_path, master_root, replica_root)))
+    alpha.cli("scenario", "start", "files")
+    return master_root, replica_root
+
+
 def test_varied_tree_synchronizes_equal(engines: tuple[EngineProcess, EngineProcess],
                                         tmp_path: Path) -> None:
     """Given a tree with every kind of entry, `scenario start` makes the replica equal."""
     alpha, _ = engines
-    master_root, replica_root = tmp_path / "master", tmp_path / "replica"
-    make_varied_tree(master_root)
-    alpha.cli("scenario", "add", str(scenario_file(tmp_path, master_root, replica_root)))
-
-    alpha.cli("scenario", "start", "files")
+    master_root, replica_root = protect_varied_tree(alpha, tmp_path)
 
     assert_trees_equal(master_root, replica_root)
     assert (replica_root / "sparse.img").stat().st_blocks * 512 < 1 << 20, "holes were filled"
@@ -146,10 +151,7 @@ def test_unchanged_resync_sends_nothing(engines: tuple[EngineProcess, EngineProc
                                         tmp_path: Path) -> None:
     """A second synchronization of an unchanged tree moves no data."""
     alpha, _ = engines
-    master_root, replica_root = tmp_path / "master", tmp_path / "replica"
-    make_varied_tree(master_root)
-    alpha.cli("scenario", "add", str(scenario_file(tmp_path, master_root, replica_root)))
-    alpha.cli("scenario", "start", "files")
+    master_root, replica_root = protect_varied_tree(alpha, tmp_path)
     alpha.cli("sync", "files")
     report = json.loads(alpha.cli("report", "files", "--json").stdout)
     assert report["bytes_sent"] == 0
@@ -161,10 +163,7 @@ def test_deletion_guard_keeps_replica(engines: tuple[EngineProcess, EngineProces
                                       tmp_path: Path) -> None:
     """An empty or missing master root deletes nothing on the replica and says why."""
     alpha, _ = engines
-    master_root, replica_root = tmp_path / "master", tmp_path / "replica"
-    make_varied_tree(master_root)
-    alpha.cli("scenario", "add", str(scenario_file(tmp_path, master_root, replica_root)))
-    alpha.cli("scenario", "start", "files")
+    master_root, replica_root = protect_varied_tree(alpha, tmp_path)
     before = sorted(p.name for p in replica_root.iterdir())
 
     master_root.rename(tmp_path / "master-unmounted")

@@ -10,24 +10,160 @@ from __future__ import annotations
 import fnmatch
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 #: Engine and scenario names: what a shell, a URL and a file name all accept unquoted.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 _NAME_RE = re.compile(NAME_PATTERN)
 
-DEFAULT_BLOCK_SIZE = 64 * 1024
+KiB = 1 << 10
+MiB = 1 << 20
+GiB = 1 << 30
+TiB = 1 << 40
+
+DEFAULT_BLOCK_SIZE = 64 * KiB
 DEFAULT_RANGE_BLOCKS = 256
 DEFAULT_WHOLE_FILE_THRESHOLD = 0.70
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB)?\s*$")
-_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024 * 1024}
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|TiB)?\s*(/s)?\s*$")
+_SIZE_UNITS: dict[str | None, int] = {None: 1, "B": 1, "KiB": KiB, "MiB": MiB, "GiB": GiB,
+                                      "TiB": TiB}
 
 
 class ConfigError(ValueError):
     """A scenario (or engine) configuration is invalid; the message says where and why."""
+
+
+def parse_size(value: object, *, per_second: bool = False) -> int:
+    """Read a size in bytes: an integer, or a string such as ``"65536"``, ``"64KiB"``, ``"4GiB"``.
+
+    Units are binary (``B``, ``KiB``, ``MiB``, ``GiB``, ``TiB``); a rate (``per_second``) may
+    also end in ``/s`` (``"2MiB/s"``).
+
+    Raises:
+        ValueError: saying what is allowed and what was given (the field's name is added by
+            the caller's error formatting).
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"must not be negative, got {value}")
+        return value
+    match = _SIZE_RE.match(value) if isinstance(value, str) else None
+    if match is None or (match.group(3) and not per_second):
+        if per_second:
+            raise ValueError(f"must be a rate in bytes per second such as 2097152 or \"2MiB\" "
+                             f"(units B, KiB, MiB, GiB, TiB; \"/s\" optional), got {value!r}")
+        raise ValueError(f"must be a size such as 65536 or \"64KiB\" "
+                         f"(units B, KiB, MiB, GiB, TiB), got {value!r}")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+def format_size(value: int) -> str:
+    """The shortest exact spelling of a size: ``65536`` -> ``"64KiB"``, ``1000`` -> ``"1000"``."""
+    for unit in ("TiB", "GiB", "MiB", "KiB"):
+        if value and value % _SIZE_UNITS[unit] == 0:
+            return f"{value // _SIZE_UNITS[unit]}{unit}"
+    return str(value)
+
+
+def _at_least(minimum: int, *, zero_unlimited: bool = False,
+              per: str = "") -> Callable[[int], int]:
+    """A check that a parsed size is ``minimum`` or more (or 0 meaning unlimited)."""
+    def check(value: int) -> int:
+        if value < minimum and not (zero_unlimited and value == 0):
+            allowed = f"at least {format_size(minimum)}{per}"
+            if zero_unlimited:
+                allowed = f"0 (unlimited) or {allowed}"
+            raise ValueError(f"must be {allowed}, got {format_size(value)}")
+        return value
+    return check
+
+
+def _size(value: object) -> int:
+    return parse_size(value)
+
+
+def _rate(value: object) -> int:
+    return parse_size(value, per_second=True)
+
+
+#: A size in bytes, written as an integer or with a binary unit; parsed to an int.
+Size = Annotated[int, BeforeValidator(_size)]
+#: Bytes per second, written like a :data:`Size` with an optional ``/s``; parsed to an int.
+Rate = Annotated[int, BeforeValidator(_rate)]
+
+#: The slowest limit accepted: one 1 MiB data frame must cross the link well within the
+#: 30 s link timeout (16 s at 64 KiB/s), or the replica would give up on a healthy peer.
+MIN_BANDWIDTH = 64 * KiB
+#: A bandwidth limit: 0 is unlimited, otherwise at least :data:`MIN_BANDWIDTH`.
+BandwidthLimit = Annotated[Rate, AfterValidator(
+    _at_least(MIN_BANDWIDTH, zero_unlimited=True, per=" per second"))]
+
+#: Weekday names as written in schedules; the index is :meth:`datetime.date.weekday`.
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_DAY_INDEX = {name.lower(): index for index, name in enumerate(WEEKDAYS)}
+_DAYS_HELP = "use Mon..Sun, a range such as Mon-Fri, a list such as Mon,Wed,Fri, or daily"
+
+
+def parse_days(text: str) -> tuple[int, ...]:
+    """Read a day set: ``"daily"``, ``"Sun"``, ``"Mon-Fri"``, ``"Mon,Wed,Fri"``, ``"Sat-Sun,Wed"``.
+
+    Returns sorted weekday numbers (0 = Monday). A range may wrap past Sunday (``Fri-Mon`` is
+    Friday to Monday). Names are case-insensitive.
+
+    Raises:
+        ValueError: naming the part that is not understood.
+    """
+    if text.strip().lower() == "daily":
+        return tuple(range(7))
+    days: set[int] = set()
+    for part in text.split(","):
+        ends = [end.strip() for end in part.split("-")]
+        unknown = [end for end in ends if end.lower() not in _DAY_INDEX]
+        if len(ends) > 2 or unknown:
+            bad = unknown[0] if unknown and len(ends) <= 2 else part.strip()
+            raise ValueError(f"{bad!r} is not a day or day range: {_DAYS_HELP}")
+        first, last = _DAY_INDEX[ends[0].lower()], _DAY_INDEX[ends[-1].lower()]
+        days.update((first + step) % 7 for step in range((last - first) % 7 + 1))
+    return tuple(sorted(days))
+
+
+def format_days(days: tuple[int, ...]) -> str:
+    """The canonical spelling of a day set, which :func:`parse_days` reads back."""
+    if len(days) == 7:
+        return "daily"
+    runs: list[list[int]] = []
+    for day in sorted(days):
+        if runs and runs[-1][-1] == day - 1:
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+    return ",".join(WEEKDAYS[run[0]] if len(run) == 1 else f"{WEEKDAYS[run[0]]}-{WEEKDAYS[run[-1]]}"
+                    for run in runs)
+
+
+def _check_days(value: tuple[int, ...]) -> tuple[int, ...]:
+    if not value:
+        raise ValueError(f"at least one day is required: {_DAYS_HELP}")
+    if any(not 0 <= day <= 6 for day in value):
+        raise ValueError(f"weekday numbers are 0 (Monday) to 6 (Sunday), got {list(value)}")
+    return tuple(sorted(set(value)))
 
 
 class _Model(BaseModel):
@@ -67,20 +203,10 @@ class SyncOptions(_Model):
     """How a synchronization compares the trees."""
 
     method: Literal["file", "block"] = "block"
-    block_size: int = DEFAULT_BLOCK_SIZE
+    block_size: Size = DEFAULT_BLOCK_SIZE
     range_blocks: int = Field(DEFAULT_RANGE_BLOCKS, ge=1, le=1 << 20)
     whole_file_threshold: float = Field(DEFAULT_WHOLE_FILE_THRESHOLD, ge=0.0, le=1.0)
     ignore_same_size_time: bool = False
-
-    @field_validator("block_size", mode="before")
-    @classmethod
-    def _size(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            match = _SIZE_RE.match(value)
-            if not match:
-                raise ValueError(f"must be a size such as 65536 or \"64KiB\", got {value!r}")
-            value = int(match.group(1)) * _SIZE_UNITS[match.group(2)]
-        return value
 
     @field_validator("block_size")
     @classmethod
@@ -88,6 +214,149 @@ class SyncOptions(_Model):
         if not 4096 <= value <= 4 * 1024 * 1024 or value & (value - 1):
             raise ValueError(f"must be a power of two from 4KiB to 4MiB, got {value}")
         return value
+
+
+_TIME_RE = re.compile(r"^(\d{1,2}):(\d{2})$")
+_HOURS_RE = re.compile(r"^\s*(\d{1,2})\s*-\s*(\d{1,2})\s*$")
+
+
+class ScheduledRun(_Model):
+    """One entry of ``replication.schedule``: a synchronization on these weekdays at this time.
+
+    Written in TOML as one string, ``"DAYS HH:MM"`` (``"Mon-Fri 02:00"``, ``"daily 03:15"``),
+    and stored and sent in that canonical spelling; the time is the engine's local time.
+    """
+
+    days: tuple[int, ...]  # 0 = Monday .. 6 = Sunday, sorted
+    hour: int = Field(ge=0, le=23)
+    minute: int = Field(ge=0, le=59)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if isinstance(value, ScheduledRun | dict):
+            return value
+        if not isinstance(value, str):
+            raise ValueError(f"must be a string such as \"Mon-Fri 02:00\", got {value!r}")
+        days, _, time = value.strip().rpartition(" ")
+        match = _TIME_RE.match(time)
+        if not days.strip() or match is None:
+            raise ValueError(f"must be days and a time, such as \"Mon-Fri 02:00\", "
+                             f"\"Sun 23:30\" or \"daily 03:15\", got {value!r}")
+        hour, minute = int(match.group(1)), int(match.group(2))
+        if hour > 23 or minute > 59:
+            raise ValueError(f"{value!r}: the time must be 00:00 to 23:59")
+        try:
+            return {"days": parse_days(days), "hour": hour, "minute": minute}
+        except ValueError as exc:
+            raise ValueError(f"{value!r}: {exc}") from None
+
+    _days = field_validator("days")(_check_days)
+
+    @model_serializer
+    def _text(self) -> str:
+        return f"{format_days(self.days)} {self.hour:02d}:{self.minute:02d}"
+
+
+class BandwidthWindow(_Model):
+    """One entry of ``replication.bandwidth_schedule``: a limit for some hours of some days.
+
+    ``hours`` is half-open, whole hours, ``(start, end)`` with ``0 <= start <= 23`` and
+    ``1 <= end <= 24``; ``start > end`` wraps past midnight, and the hours after midnight
+    belong to the day the window started on (``Fri`` with ``22-06`` covers Friday 22:00 to
+    Saturday 06:00).
+    """
+
+    days: tuple[int, ...] = tuple(range(7))
+    hours: tuple[int, int] = (0, 24)
+    limit: BandwidthLimit
+
+    @field_validator("days", mode="before")
+    @classmethod
+    def _parse_days(cls, value: Any) -> Any:
+        return parse_days(value) if isinstance(value, str) else value
+
+    _days = field_validator("days")(_check_days)
+
+    @field_validator("hours", mode="before")
+    @classmethod
+    def _parse_hours(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        match = _HOURS_RE.match(value)
+        if match is None:
+            raise ValueError(f"must be whole hours \"HH-HH\" such as \"08-18\" or \"22-06\", "
+                             f"got {value!r}")
+        return int(match.group(1)), int(match.group(2))
+
+    @field_validator("hours")
+    @classmethod
+    def _check_hours(cls, value: tuple[int, int]) -> tuple[int, int]:
+        start, end = value
+        if not (0 <= start <= 23 and 1 <= end <= 24) or start == end:
+            raise ValueError(f"must be \"HH-HH\" with a start of 00-23 and a different end of "
+                             f"01-24 (\"00-24\" is the whole day), got {start:02d}-{end:02d}")
+        return value
+
+    @field_serializer("days")
+    def _days_text(self, days: tuple[int, ...]) -> str:
+        return format_days(days)
+
+    @field_serializer("hours")
+    def _hours_text(self, hours: tuple[int, int]) -> str:
+        return f"{hours[0]:02d}-{hours[1]:02d}"
+
+
+class ReplicationOptions(_Model):
+    """How captured changes travel from the master to the replica (after synchronization)."""
+
+    mode: Literal["online", "scheduled", "assessment"] = "online"
+    ack: Literal["durable", "received", "async"] = "durable"
+    schedule: tuple[ScheduledRun, ...] = Field((), validate_default=True)
+    aggregate_ms: int = Field(20, strict=True)
+    rehash_rate: Annotated[Rate, AfterValidator(_at_least(MiB, per=" per second"))] = 256 * MiB
+    spool_dir: str = ""
+    spool_max: Annotated[Size, AfterValidator(_at_least(64 * MiB))] = 4 * GiB
+    spool_min_free: Size = 1 * GiB
+    compression: bool = Field(True, strict=True)
+    compression_level: int = Field(1, strict=True)
+    bandwidth_limit: BandwidthLimit = 0
+    bandwidth_schedule: tuple[BandwidthWindow, ...] = ()
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_when_scheduled(cls, value: tuple[ScheduledRun, ...],
+                                 info: ValidationInfo) -> tuple[ScheduledRun, ...]:
+        if not value and info.data.get("mode") == "scheduled":
+            raise ValueError("at least one time is required when mode = \"scheduled\", "
+                             "such as [\"Mon-Fri 02:00\"]")
+        return value
+
+    @field_validator("aggregate_ms")
+    @classmethod
+    def _aggregate_range(cls, value: int) -> int:
+        if not 0 <= value <= 10_000:
+            raise ValueError(f"must be 0 to 10000 (milliseconds), got {value}")
+        return value
+
+    @field_validator("compression_level")
+    @classmethod
+    def _level_range(cls, value: int) -> int:
+        if not 1 <= value <= 19:
+            raise ValueError(f"must be a zstd level from 1 (fastest) to 19 (smallest), "
+                             f"got {value}")
+        return value
+
+    @field_validator("spool_dir")
+    @classmethod
+    def _spool_dir(cls, value: str) -> str:
+        if value == "":
+            return value
+        path = PurePosixPath(value)
+        if not path.is_absolute() or ".." in path.parts or str(path) == "/":
+            raise ValueError(f"must be \"\" (inside the engine's home) or an absolute path "
+                             f"other than '/' without '..', got {value!r}")
+        return str(path)
 
 
 class Scenario(_Model):
@@ -99,6 +368,7 @@ class Scenario(_Model):
     description: str = ""
     roots: tuple[Root, ...] = Field(min_length=1)
     sync: SyncOptions = SyncOptions()
+    replication: ReplicationOptions = ReplicationOptions()
 
     @model_validator(mode="after")
     def _distinct(self) -> Scenario:

@@ -14,7 +14,13 @@ from standby.protocol import (
     BLOCK_DIGEST_SIZE,
     FILE_DIGEST_SIZE,
     MAX_BLOCK_SIZE,
+    MAX_FILE_SIZE,
     MESSAGE_TYPES,
+    MIN_BLOCK_SIZE,
+    PURPOSE_SYNC,
+    RECORD_TYPES,
+    Ack,
+    Batch,
     BlockData,
     BlockDigests,
     BlockRequest,
@@ -28,13 +34,26 @@ from standby.protocol import (
     FileResult,
     Goodbye,
     HashRequest,
+    Heartbeat,
     Hello,
     MakeDir,
     MakeHardLink,
     MakeSymlink,
     Message,
     RangeDigests,
+    RecAttrs,
+    RecHardLink,
+    RecMakeDir,
+    Record,
+    RecRemove,
+    RecRename,
+    RecSymlink,
+    RecTruncate,
+    RecWrite,
+    RecZero,
     Remove,
+    ReplicateBegin,
+    ReplicateReady,
     Reply,
     Role,
     ScenarioPut,
@@ -46,6 +65,7 @@ from standby.protocol import (
     SyncMethod,
     Welcome,
     ZeroRange,
+    purpose_allows,
 )
 
 # --- scalars ------------------------------------------------------------------------------------
@@ -60,6 +80,11 @@ text = st.text(max_size=40)
 #: Relative paths as the file system holds them: any bytes, mostly short.
 paths = st.binary(max_size=64)
 modes = st.integers(min_value=0, max_value=0o7777)
+#: Paths as records must hold them: 1 to 64 bytes here, no NUL; relative, or any link target.
+link_targets = st.binary(min_size=1, max_size=64).map(lambda b: b.replace(b"\0", b"_"))
+record_paths = link_targets.map(lambda b: b"r" + b[1:] if b.startswith(b"/") else b)
+#: Finite floats, as float fields hold them.
+finite_floats = st.floats(allow_nan=False, allow_infinity=False)
 
 
 def digests(min_count: int = 0, max_count: int = 8) -> st.SearchStrategy[bytes]:
@@ -115,6 +140,28 @@ def sync_begins(draw: st.DrawFn) -> SyncBegin:
     )
 
 
+@st.composite
+def seq_pairs(draw: st.DrawFn) -> tuple[int, int]:
+    """(received_seq, durable_seq): durable never above received."""
+    durable, received = sorted((draw(u64), draw(u64)))
+    return received, durable
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> Batch:
+    """Batches with a payload of arbitrary bytes (the message itself never looks inside)."""
+    payload = draw(payloads)
+    compressed = draw(st.booleans())
+    raw_size = len(payload)
+    if compressed:
+        raw_size = draw(st.integers(min_value=1, max_value=16 * len(payload)))
+    first_seq = draw(st.integers(min_value=1, max_value=2**64 - 1))
+    count = draw(st.integers(min_value=1, max_value=min(raw_size, 2**64 - first_seq)))
+    return Batch(
+        first_seq=first_seq, count=count, compressed=compressed, raw_size=raw_size, payload=payload
+    )
+
+
 MESSAGES: dict[type[Message], st.SearchStrategy[Message]] = {
     Hello: hellos(),
     Welcome: st.builds(Welcome, version=u64, engine=text),
@@ -153,6 +200,11 @@ MESSAGES: dict[type[Message], st.SearchStrategy[Message]] = {
     FileResult: st.builds(FileResult, file_id=u64, ok=st.booleans(), message=text),
     SyncEnd: st.builds(SyncEnd),
     SyncDone: st.builds(SyncDone, stats=documents),
+    ReplicateBegin: st.builds(ReplicateBegin, scenario=text, base_seq=u64),
+    ReplicateReady: seq_pairs().map(lambda p: ReplicateReady(received_seq=p[0], durable_seq=p[1])),
+    Batch: batches(),
+    Ack: seq_pairs().map(lambda p: Ack(received_seq=p[0], durable_seq=p[1])),
+    Heartbeat: st.builds(Heartbeat, sent_at=finite_floats),
 }
 assert set(MESSAGES) == set(MESSAGE_TYPES.values()), "add a strategy for every message type"
 
@@ -160,13 +212,67 @@ assert set(MESSAGES) == set(MESSAGE_TYPES.values()), "add a strategy for every m
 messages: st.SearchStrategy[Message] = st.one_of(*MESSAGES.values())
 
 
-def session_messages(sender: Role) -> st.SearchStrategy[Message]:
-    """Messages that ``sender`` may send in an OPEN session (not the handshake, not the end)."""
+def session_messages(sender: Role, purpose: str = PURPOSE_SYNC) -> st.SearchStrategy[Message]:
+    """Messages that ``sender`` may send in an OPEN session of ``purpose`` (not the handshake,
+    not the end)."""
     excluded = {Hello, Welcome, Failure, Goodbye}
     return st.one_of(
         *(
             strategy
             for cls, strategy in MESSAGES.items()
-            if cls not in excluded and cls.SENDER in (sender, Role.EITHER)
+            if cls not in excluded
+            and cls.SENDER in (sender, Role.EITHER)
+            and purpose_allows(purpose, cls)
         )
     )
+
+
+# --- records, one strategy per type -------------------------------------------------------------
+
+
+@st.composite
+def rec_writes(draw: st.DrawFn) -> RecWrite:
+    payload = draw(payloads)
+    most = -(-len(payload) // MIN_BLOCK_SIZE)  # one digest per block of at least 4 KiB
+    return RecWrite(
+        root=draw(small),
+        path=draw(record_paths),
+        offset=draw(st.integers(min_value=0, max_value=MAX_FILE_SIZE - len(payload))),
+        digests=draw(digests(min_count=1, max_count=most)),
+        payload=payload,
+    )
+
+
+@st.composite
+def rec_zeros(draw: st.DrawFn) -> RecZero:
+    length = draw(st.integers(min_value=1, max_value=MAX_FILE_SIZE))
+    return RecZero(
+        root=draw(small),
+        path=draw(record_paths),
+        offset=draw(st.integers(min_value=0, max_value=MAX_FILE_SIZE - length)),
+        length=length,
+    )
+
+
+RECORDS: dict[type[Record], st.SearchStrategy[Record]] = {
+    RecMakeDir: st.builds(RecMakeDir, root=small, path=record_paths, mode=modes, mtime_ns=i64),
+    RecSymlink: st.builds(
+        RecSymlink, root=small, path=record_paths, target=link_targets, mtime_ns=i64
+    ),
+    RecHardLink: st.builds(RecHardLink, root=small, path=record_paths, existing=record_paths),
+    RecRemove: st.builds(RecRemove, root=small, path=record_paths),
+    RecRename: st.builds(RecRename, root=small, path=record_paths, target=record_paths),
+    RecWrite: rec_writes(),
+    RecZero: rec_zeros(),
+    RecTruncate: st.builds(
+        RecTruncate,
+        root=small,
+        path=record_paths,
+        size=st.integers(min_value=0, max_value=MAX_FILE_SIZE),
+    ),
+    RecAttrs: st.builds(RecAttrs, root=small, path=record_paths, mode=modes, mtime_ns=i64),
+}
+assert set(RECORDS) == set(RECORD_TYPES.values()), "add a strategy for every record type"
+
+#: Any record of any type.
+records: st.SearchStrategy[Record] = st.one_of(*RECORDS.values())

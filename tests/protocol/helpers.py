@@ -14,6 +14,7 @@ from standby.protocol import (
     PEER_CLOSED,
     PROTOCOL_VERSION_MAX,
     PROTOCOL_VERSION_MIN,
+    PURPOSE_SYNC,
     Connection,
     Hello,
     Message,
@@ -109,15 +110,22 @@ class ConnectionPair:
             receiver.receive_data(piece)
         return drain(receiver)
 
-    def handshake(self) -> ConnectionPair:
-        """Hello, then Welcome with the version the acceptor chose: both sides are OPEN."""
-        expected = [HELLO]
-        assert expected == self.send(self.initiator, HELLO)
+    def handshake(self, purpose: str = PURPOSE_SYNC) -> ConnectionPair:
+        """Hello for ``purpose``, then Welcome with the version the acceptor chose: both sides
+        are OPEN."""
+        hello = Hello(
+            version_min=HELLO.version_min,
+            version_max=HELLO.version_max,
+            engine=HELLO.engine,
+            purpose=purpose,
+        )
+        expected = [hello]
+        assert expected == self.send(self.initiator, hello)
         welcome = Welcome(version=self.acceptor.choose_version(), engine=WELCOME.engine)
         assert [welcome] == self.send(self.acceptor, welcome)
         return self
 
 
-def open_pair() -> ConnectionPair:
-    """A pair that went through the handshake."""
-    return ConnectionPair().handshake()
+def open_pair(purpose: str = PURPOSE_SYNC) -> ConnectionPair:
+    """A pair that went through the handshake, for a session of ``purpose``."""
+    return ConnectionPair().handshake(purpose)

@@ -12,24 +12,39 @@ from standby.protocol import (
     PEER_CLOSED,
     PROTOCOL_VERSION_MAX,
     PROTOCOL_VERSION_MIN,
+    PURPOSE_CONTROL,
+    PURPOSE_REPLICATE,
+    PURPOSE_SYNC,
+    REPLICATION_MESSAGES,
     SESSION_MESSAGES,
     TRANSITIONS,
+    Ack,
+    Batch,
     BlockData,
     Connection,
     Failure,
     Goodbye,
+    Heartbeat,
     Hello,
     LocalProtocolError,
     Message,
+    RecRemove,
+    RecWrite,
     RemoteProtocolError,
+    Remove,
+    ReplicateBegin,
+    ReplicateReady,
     Role,
     State,
+    SyncBegin,
     SyncEnd,
     Welcome,
+    encode_record,
+    purpose_allows,
 )
 from tests.strategies import MESSAGES, session_messages
 
-from .helpers import HELLO, WELCOME, ConnectionPair, drain, feed, open_pair, wire
+from .helpers import HELLO, WELCOME, ConnectionPair, drain, feed, open_pair, raw_frame, wire
 
 FAILURE = Failure(code="SB3104", message="giving up")
 
@@ -275,16 +290,14 @@ def test_receiving_the_wrong_roles_message_is_their_fault(
     assert expected == conn.state
 
 
+@pytest.mark.parametrize("purpose", [PURPOSE_CONTROL, PURPOSE_SYNC, PURPOSE_REPLICATE])
 @settings(max_examples=30)
-@given(
-    to_acceptor=st.lists(session_messages(Role.INITIATOR), max_size=5),
-    to_initiator=st.lists(session_messages(Role.ACCEPTOR), max_size=5),
-)
-def test_session_messages_flow_both_ways(
-    to_acceptor: list[Message], to_initiator: list[Message]
-) -> None:
+@given(data=st.data())
+def test_session_messages_flow_both_ways(purpose: str, data: st.DataObject) -> None:
     """In an OPEN session each side receives what the other may send, unchanged."""
-    pair = open_pair()
+    to_acceptor = data.draw(st.lists(session_messages(Role.INITIATOR, purpose), max_size=5))
+    to_initiator = data.draw(st.lists(session_messages(Role.ACCEPTOR, purpose), max_size=5))
+    pair = open_pair(purpose)
 
     received_by_acceptor = [e for msg in to_acceptor for e in pair.send(pair.initiator, msg)]
     received_by_initiator = [e for msg in to_initiator for e in pair.send(pair.acceptor, msg)]
@@ -597,3 +610,154 @@ def test_failure_message_from_peer_in_handshake_state() -> None:
     assert expected == drain(initiator)
     expected = State.CLOSED
     assert expected == initiator.state
+
+
+# --- session purposes ----------------------------------------------------------------------------
+
+BATCH = Batch(first_seq=1, count=1, compressed=False, raw_size=3, payload=b"abc")
+REPLICATION_SCRIPT: list[tuple[str, Message]] = [
+    ("initiator", ReplicateBegin(scenario="web", base_seq=10)),
+    ("acceptor", ReplicateReady(received_seq=12, durable_seq=11)),
+    ("initiator", BATCH),
+    ("acceptor", Heartbeat(sent_at=1.5)),
+    ("initiator", Heartbeat(sent_at=2.5)),
+    ("acceptor", Ack(received_seq=13, durable_seq=13)),
+    ("initiator", Goodbye()),
+]
+
+
+def test_a_replication_session() -> None:
+    """Hello(purpose="replicate"), then the stream both ways, then Goodbye."""
+    pair = open_pair(PURPOSE_REPLICATE)
+
+    for who, msg in REPLICATION_SCRIPT:
+        sender = pair.initiator if who == "initiator" else pair.acceptor
+        assert [msg] == pair.send(sender, msg)
+
+    expected = [State.CLOSED, State.CLOSED]
+    assert expected == [pair.initiator.state, pair.acceptor.state]
+
+
+def test_purpose_is_reported() -> None:
+    """Each side knows the session's purpose once Hello went through."""
+    pair = ConnectionPair()
+    before = pair.acceptor.purpose
+
+    pair.handshake(PURPOSE_REPLICATE)
+
+    expected = (None, PURPOSE_REPLICATE, PURPOSE_REPLICATE)
+    assert expected == (before, pair.initiator.purpose, pair.acceptor.purpose)
+
+
+FOREIGN = [
+    (PURPOSE_SYNC, "initiator", BATCH),
+    (PURPOSE_SYNC, "initiator", ReplicateBegin(scenario="web", base_seq=0)),
+    (PURPOSE_CONTROL, "acceptor", Ack(received_seq=1, durable_seq=1)),
+    (PURPOSE_SYNC, "acceptor", Heartbeat(sent_at=0.0)),
+    ("status", "initiator", Heartbeat(sent_at=0.0)),
+    (PURPOSE_REPLICATE, "initiator", SyncEnd()),
+    (PURPOSE_REPLICATE, "initiator", Remove(path=b"p")),
+    (
+        PURPOSE_REPLICATE,
+        "initiator",
+        SyncBegin(scenario="s", root=0, method=1, block_size=4096, range_blocks=1),
+    ),
+]
+
+
+@pytest.mark.parametrize(("purpose", "sender", "msg"), FOREIGN)
+@pytest.mark.parametrize("direction", ["send", "receive"])
+def test_messages_foreign_to_the_purpose_are_refused(
+    purpose: str, sender: str, msg: Message, direction: str
+) -> None:
+    """Replication messages only in a replicate session, which carries nothing else: our bug
+    when we send one elsewhere, theirs when we receive it."""
+    pair = open_pair(purpose)
+    conn = pair.initiator if sender == "initiator" else pair.acceptor
+    receiver = pair.peer_of(conn)
+
+    if direction == "send":
+        with pytest.raises(LocalProtocolError) as excinfo:
+            conn.send(msg)
+        failed = conn
+    else:
+        receiver.receive_data(wire(msg))
+        with pytest.raises(RemoteProtocolError) as excinfo:
+            receiver.next_event()
+        failed = receiver
+
+    expected = f"{type(msg).__name__} is not allowed in a {purpose!r} session"
+    assert expected == str(excinfo.value)
+    expected_state = State.ERROR
+    assert expected_state == failed.state
+
+
+@pytest.mark.parametrize("direction", ["send", "receive"])
+def test_a_batch_from_the_acceptor_is_refused(direction: str) -> None:
+    """Only the master's engine (the initiator) sends Batches."""
+    pair = open_pair(PURPOSE_REPLICATE)
+
+    if direction == "send":
+        with pytest.raises(LocalProtocolError) as excinfo:
+            pair.acceptor.send(BATCH)
+    else:
+        pair.initiator.receive_data(wire(BATCH))
+        with pytest.raises(RemoteProtocolError) as excinfo:
+            pair.initiator.next_event()
+
+    expected = "Batch is sent by the initiator, not the acceptor"
+    assert expected == str(excinfo.value)
+
+
+@pytest.mark.parametrize("purpose", [PURPOSE_SYNC, PURPOSE_REPLICATE])
+def test_records_cannot_be_sent_on_their_own(purpose: str) -> None:
+    """A record travels inside a Batch only: sending one is our bug."""
+    pair = open_pair(purpose)
+    record = RecWrite(root=0, path=b"f", offset=0, digests=bytes(16), payload=b"x")
+
+    with pytest.raises(LocalProtocolError) as excinfo:
+        pair.initiator.send(record)
+
+    expected = "RecWrite is a record: records travel only inside a Batch payload"
+    assert str(excinfo.value).startswith(expected)
+    expected_state = State.ERROR
+    assert expected_state == pair.initiator.state
+
+
+def test_a_record_frame_on_the_link_is_refused_from_its_header() -> None:
+    """A record frame received outside a Batch is the peer's fault, known from the header."""
+    pair = open_pair(PURPOSE_REPLICATE)
+    frame = encode_record(RecRemove(root=0, path=b"p"))
+    pair.acceptor.receive_data(frame[:20])
+
+    with pytest.raises(RemoteProtocolError) as excinfo:
+        pair.acceptor.next_event()
+
+    expected = "RecRemove is a record: records travel only inside a Batch payload"
+    assert expected == str(excinfo.value)
+
+
+def test_a_record_type_byte_is_refused_even_with_garbage_after_it() -> None:
+    """The refusal does not depend on the body: the type alone is out of place."""
+    acceptor = open_pair(PURPOSE_REPLICATE).acceptor
+    acceptor.receive_data(raw_frame(RecRemove.TYPE, b"\xc1"))
+
+    with pytest.raises(RemoteProtocolError, match="RecRemove is a record"):
+        acceptor.next_event()
+
+
+def test_purpose_table() -> None:
+    """The replication messages belong to "replicate" sessions and nowhere else; every other
+    session message to every other purpose; Goodbye and Failure end any session."""
+    others = set(SESSION_MESSAGES) - set(REPLICATION_MESSAGES)
+    purposes = [PURPOSE_CONTROL, PURPOSE_SYNC, PURPOSE_REPLICATE, "anything else"]
+
+    allowed = {
+        purpose: {cls for cls in MESSAGE_TYPES.values() if purpose_allows(purpose, cls)}
+        for purpose in purposes
+    }
+
+    handshake = {Hello, Welcome, Goodbye, Failure}
+    assert set(REPLICATION_MESSAGES) | handshake == allowed[PURPOSE_REPLICATE]
+    for purpose in (PURPOSE_CONTROL, PURPOSE_SYNC, "anything else"):
+        assert others | handshake == allowed[purpose]

@@ -436,10 +436,10 @@ def test_a_message_field_without_a_codec_fails_loudly() -> None:
         TYPE: ClassVar[int] = 251
         SENDER: ClassVar[Role] = Role.EITHER
 
-        ratio: float
+        ratio: complex
 
     with pytest.raises(TypeError) as excinfo:
         _type_codec(Odd)
 
-    expected = "Odd.ratio: no wire codec for 'float'"
+    expected = "Odd.ratio: no wire codec for 'complex'"
     assert expected == str(excinfo.value)

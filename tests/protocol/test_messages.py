@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar
 
 import pytest
@@ -10,8 +11,17 @@ import pytest
 from standby.protocol import (
     BLOCK_DIGEST_SIZE,
     FILE_DIGEST_SIZE,
+    MAX_BATCH_RAW,
     MAX_BLOCK_SIZE,
     MAX_DATA_DEPTH,
+    MAX_FILE_SIZE,
+    MAX_PATH_SIZE,
+    MESSAGE_TYPES,
+    MIN_BLOCK_SIZE,
+    RECORD_TYPE_MIN,
+    RECORD_TYPES,
+    Ack,
+    Batch,
     BlockData,
     BlockDigests,
     BlockRequest,
@@ -20,11 +30,23 @@ from standby.protocol import (
     Entry,
     EntryKind,
     FileEnd,
+    Heartbeat,
     Hello,
     LocalProtocolError,
     MakeSymlink,
     Message,
     RangeDigests,
+    RecAttrs,
+    RecHardLink,
+    RecMakeDir,
+    Record,
+    RecRemove,
+    RecRename,
+    RecSymlink,
+    RecTruncate,
+    RecWrite,
+    RecZero,
+    ReplicateReady,
     Reply,
     Role,
     ScenarioPut,
@@ -298,12 +320,12 @@ def test_a_field_without_a_runtime_check_fails_loudly() -> None:
         TYPE: ClassVar[int] = 250
         SENDER: ClassVar[Role] = Role.EITHER
 
-        ratio: float
+        ratio: complex
 
     with pytest.raises(TypeError) as excinfo:
         Odd(ratio=0.5)
 
-    expected = "Odd.ratio: annotation 'float' has no runtime check"
+    expected = "Odd.ratio: annotation 'complex' has no runtime check"
     assert expected == str(excinfo.value)
 
 
@@ -319,3 +341,215 @@ def test_int_subclasses_are_checked_on_the_slow_path() -> None:
 
     expected = (1, -1)
     assert expected == (msg.mode, msg.mtime_ns)
+
+
+# --- replication ---------------------------------------------------------------------------------
+
+DIGEST = b"d" * BLOCK_DIGEST_SIZE
+
+
+def batch(**kwargs: Any) -> Batch:
+    fields: dict[str, Any] = {
+        "first_seq": 1,
+        "count": 1,
+        "compressed": False,
+        "raw_size": 3,
+        "payload": b"abc",
+    }
+    return Batch(**{**fields, **kwargs})
+
+
+def test_batch_limits_build() -> None:
+    """A Batch at the edges: the last seq is 2**64 - 1, a compressed payload of MAX_BATCH_RAW."""
+    last = batch(first_seq=2**64 - 3, count=3)
+    full = batch(compressed=True, raw_size=MAX_BATCH_RAW, count=MAX_BATCH_RAW, payload=b"z")
+
+    expected = (2**64 - 3, MAX_BATCH_RAW)
+    assert expected == (last.first_seq, full.count)
+    expected_size = MAX_BATCH_RAW
+    assert expected_size == len(batch(raw_size=MAX_BATCH_RAW, payload=bytes(MAX_BATCH_RAW)).payload)
+
+
+@pytest.mark.parametrize(
+    ("build", "error"),
+    [
+        (
+            lambda: ReplicateReady(received_seq=4, durable_seq=5),
+            "ReplicateReady.durable_seq > received_seq",
+        ),
+        (lambda: Ack(received_seq=0, durable_seq=1), "Ack.durable_seq > received_seq"),
+        (lambda: batch(raw_size=0, payload=b""), "Batch.raw_size must be in 1..MAX_BATCH_RAW"),
+        (
+            lambda: batch(compressed=True, raw_size=MAX_BATCH_RAW + 1),
+            "Batch.raw_size must be in 1..MAX_BATCH_RAW",
+        ),
+        (lambda: batch(first_seq=0), "Batch.first_seq must be >= 1"),
+        (lambda: batch(count=0), "Batch.count must be in 1..raw_size, its last seq < 2**64"),
+        (lambda: batch(count=4), "Batch.count must be in 1..raw_size, its last seq < 2**64"),
+        (
+            lambda: batch(first_seq=2**64 - 2, count=3),
+            "Batch.count must be in 1..raw_size, its last seq < 2**64",
+        ),
+        (
+            lambda: batch(compressed=True, payload=b""),
+            "Batch.payload must hold 1 byte to MAX_BATCH_RAW",
+        ),
+        (
+            lambda: batch(compressed=True, payload=bytes(MAX_BATCH_RAW + 1)),
+            "Batch.payload must hold 1 byte to MAX_BATCH_RAW",
+        ),
+        (
+            lambda: batch(raw_size=4),
+            "Batch.raw_size must be len(payload) when not compressed",
+        ),
+        (lambda: Heartbeat(sent_at=1), "Heartbeat.sent_at must be float, got int"),
+        (lambda: Heartbeat(sent_at=math.nan), "Heartbeat.sent_at must be a finite float"),
+        (lambda: Heartbeat(sent_at=-math.inf), "Heartbeat.sent_at must be a finite float"),
+    ],
+)
+def test_replication_message_checks(build: Any, error: str) -> None:
+    """The replication messages refuse inconsistent seqs, sizes and times."""
+    with pytest.raises(LocalProtocolError) as excinfo:
+        build()
+
+    assert error == str(excinfo.value)
+
+
+def test_float_fields_accept_float_subclasses() -> None:
+    """A float subclass takes the slow path and is accepted when finite."""
+
+    class Seconds(float):
+        pass
+
+    expected = 1.5
+    assert expected == Heartbeat(sent_at=Seconds(1.5)).sent_at
+
+
+def test_records_are_initiator_messages_with_high_types() -> None:
+    """Records are sent by the initiator, and their TYPEs set them apart from session messages."""
+    record_types = {cls.TYPE for cls in RECORD_TYPES.values()}
+
+    assert all(cls.SENDER is Role.INITIATOR for cls in RECORD_TYPES.values())
+    assert all(issubclass(cls, Record) for cls in RECORD_TYPES.values())
+    assert min(record_types) >= RECORD_TYPE_MIN > max(MESSAGE_TYPES)
+    assert max(record_types) <= 255
+    assert set() == record_types & set(MESSAGE_TYPES)
+
+
+def test_valid_records_build() -> None:
+    """Records at the edges of their domains build and keep their values."""
+    longest = b"p" * MAX_PATH_SIZE
+    write = RecWrite(
+        root=2**64 - 1,
+        path=longest,
+        offset=MAX_FILE_SIZE - MAX_BLOCK_SIZE,
+        digests=DIGEST * (MAX_BLOCK_SIZE // MIN_BLOCK_SIZE),
+        payload=bytes(MAX_BLOCK_SIZE),
+    )
+    link = RecSymlink(root=0, path=b"\xff", target=b"/" + longest[1:], mtime_ns=-(2**63))
+
+    expected = (2**64 - 1, longest, MAX_FILE_SIZE - MAX_BLOCK_SIZE)
+    assert expected == (write.root, write.path, write.offset)
+    expected_link = (b"/" + longest[1:], -(2**63))
+    assert expected_link == (link.target, link.mtime_ns)
+    expected_sizes = (MAX_FILE_SIZE, MAX_FILE_SIZE - 1)
+    assert expected_sizes == (
+        RecTruncate(root=0, path=b"f", size=MAX_FILE_SIZE).size,
+        RecZero(root=0, path=b"f", offset=1, length=MAX_FILE_SIZE - 1).length,
+    )
+
+
+@pytest.mark.parametrize(
+    ("build", "error"),
+    [
+        (lambda: RecRemove(root=0, path=b""), "RecRemove.path must hold 1 to 4096 bytes"),
+        (
+            lambda: RecRemove(root=0, path=b"p" * (MAX_PATH_SIZE + 1)),
+            "RecRemove.path must hold 1 to 4096 bytes",
+        ),
+        (lambda: RecRemove(root=0, path=b"a\0b"), "RecRemove.path contains a NUL byte"),
+        (lambda: RecRemove(root=0, path=b"/etc"), "RecRemove.path must be relative"),
+        (lambda: RecRemove(root=-1, path=b"a"), "RecRemove.root must be >= 0"),
+        (
+            lambda: RecRemove(root=0, path="a"),  # type: ignore[arg-type]
+            "RecRemove.path must be bytes, got str",
+        ),
+        (
+            lambda: RecMakeDir(root=0, path=b"d", mode=0o10000, mtime_ns=0),
+            "RecMakeDir.mode holds more than permission bits (0o7777)",
+        ),
+        (
+            lambda: RecAttrs(root=0, path=b"d", mode=0o100644, mtime_ns=0),
+            "RecAttrs.mode holds more than permission bits (0o7777)",
+        ),
+        (
+            lambda: RecSymlink(root=0, path=b"l", target=b"", mtime_ns=0),
+            "RecSymlink.target must hold 1 to 4096 bytes",
+        ),
+        (
+            lambda: RecSymlink(root=0, path=b"l", target=b"a\0", mtime_ns=0),
+            "RecSymlink.target contains a NUL byte",
+        ),
+        (
+            lambda: RecHardLink(root=0, path=b"l", existing=b"/f"),
+            "RecHardLink.existing must be relative",
+        ),
+        (lambda: RecRename(root=0, path=b"a", target=b""), "RecRename.target must hold 1 to"),
+        (
+            lambda: RecWrite(root=0, path=b"f", offset=0, digests=DIGEST, payload=b""),
+            "RecWrite.payload must hold 1 byte to MAX_BLOCK_SIZE",
+        ),
+        (
+            lambda: RecWrite(
+                root=0, path=b"f", offset=0, digests=DIGEST, payload=bytes(MAX_BLOCK_SIZE + 1)
+            ),
+            "RecWrite.payload must hold 1 byte to MAX_BLOCK_SIZE",
+        ),
+        (
+            lambda: RecWrite(root=0, path=b"f", offset=0, digests=b"", payload=b"x"),
+            "RecWrite.digests must be one digest per block of the payload",
+        ),
+        (
+            lambda: RecWrite(root=0, path=b"f", offset=0, digests=DIGEST + b"d", payload=b"x"),
+            "RecWrite.digests must be one digest per block of the payload",
+        ),
+        (
+            # Two digests for 4 KiB + 1 byte: blocks of 4 KiB. Three would mean smaller ones.
+            lambda: RecWrite(
+                root=0, path=b"f", offset=0, digests=DIGEST * 3, payload=bytes(MIN_BLOCK_SIZE + 1)
+            ),
+            "RecWrite.digests must be one digest per block of the payload",
+        ),
+        (
+            lambda: RecWrite(root=0, path=b"f", offset=MAX_FILE_SIZE, digests=DIGEST, payload=b"x"),
+            "RecWrite ends past the largest file offset (2**63 - 1)",
+        ),
+        (
+            lambda: RecZero(root=0, path=b"f", offset=0, length=0),
+            "RecZero.length must be >= 1",
+        ),
+        (
+            lambda: RecZero(root=0, path=b"f", offset=2, length=MAX_FILE_SIZE - 1),
+            "RecZero ends past the largest file offset (2**63 - 1)",
+        ),
+        (
+            lambda: RecTruncate(root=0, path=b"f", size=MAX_FILE_SIZE + 1),
+            "RecTruncate ends past the largest file offset (2**63 - 1)",
+        ),
+    ],
+)
+def test_record_checks(build: Any, error: str) -> None:
+    """Records refuse paths that could name no file, modes beyond permission bits, digests
+    that do not match the payload, and extents past what a file can hold."""
+    with pytest.raises(LocalProtocolError) as excinfo:
+        build()
+
+    assert str(excinfo.value).startswith(error)
+
+
+def test_record_digests_may_describe_larger_blocks() -> None:
+    """One digest for a 1 MiB payload: the writer's block size is 1 MiB (or more)."""
+    write = RecWrite(root=0, path=b"f", offset=0, digests=DIGEST, payload=bytes(1 << 20))
+
+    expected = 1
+    assert expected == len(write.digests) // BLOCK_DIGEST_SIZE

@@ -16,7 +16,7 @@ whoever keeps using a failed connection is at fault.
 from __future__ import annotations
 
 from ._errors import LocalProtocolError, RemoteProtocolError
-from ._frames import DEFAULT_MAX_META_SIZE, FrameDecoder, encode
+from ._frames import DEFAULT_MAX_META_SIZE, FrameDecoder, encode, not_a_wire_message
 from ._messages import (
     MESSAGE_TYPES,
     PROTOCOL_VERSION_MAX,
@@ -26,7 +26,7 @@ from ._messages import (
     Role,
     Welcome,
 )
-from ._state import State, next_state
+from ._state import State, next_state, purpose_allows
 
 
 class _Sentinel(type):
@@ -52,6 +52,10 @@ class Connection:
     Hello; the other is ``Role.ACCEPTOR`` and answers Welcome (version from
     :meth:`choose_version`) or Failure. Then both are OPEN until a Goodbye or a Failure, in
     either direction, closes the session; nothing may follow it.
+
+    The purpose in Hello decides which session messages may flow (see _state.py): a
+    "replicate" session carries the replication messages only, other sessions everything
+    else. Records never travel on their own, only inside a Batch.
 
     After Goodbye or Failure the session is over in both directions: a frame that crosses
     our Goodbye on the wire raises RemoteProtocolError, so end a session only when the peer
@@ -93,6 +97,11 @@ class Connection:
     @property
     def state(self) -> State:
         return self._state
+
+    @property
+    def purpose(self) -> str | None:
+        """The session's purpose, from Hello; None before Hello went through."""
+        return None if self._hello is None else self._hello.purpose
 
     @property
     def negotiated_version(self) -> int | None:
@@ -159,8 +168,9 @@ class Connection:
             the peer closed at a frame boundary (the state becomes CLOSED).
 
         Raises:
-            RemoteProtocolError: the peer sent a malformed frame, a message out of order or
-                not its to send, or closed mid-frame.
+            RemoteProtocolError: the peer sent a malformed frame, a message out of order, not
+                its to send or foreign to the session's purpose, a record outside a Batch, or
+                closed mid-frame.
             LocalProtocolError: the connection was already in ERROR.
         """
         self._check_usable()
@@ -182,13 +192,14 @@ class Connection:
             The pieces of the frame, to write in order (the payload is not copied).
 
         Raises:
-            LocalProtocolError: the message may not be sent by us or in this state, or does not
-                fit in a frame; also when the connection was already in ERROR.
+            LocalProtocolError: the message may not be sent by us, in this state or in a
+                session of this purpose, or does not fit in a frame (a record never does);
+                also when the connection was already in ERROR.
         """
         self._check_usable()
         try:
             if type(msg) not in _WIRE_TYPES:
-                raise LocalProtocolError(f"{type(msg).__name__} is not a wire message")
+                raise LocalProtocolError(not_a_wire_message(msg))
             new_state = self._check(msg, self._our_role, LocalProtocolError)
             pieces = encode(msg, max_meta_size=self._decoder.max_meta_size)
             self._apply(msg, self._our_role, new_state)
@@ -240,6 +251,10 @@ class Connection:
         new_state = next_state(self._state, type(msg))
         if new_state is None:
             raise error(f"{name} is not allowed in state {self._state.name}")
+        if self._state is State.OPEN:
+            assert self._hello is not None  # OPEN means Hello went through
+            if not purpose_allows(self._hello.purpose, type(msg)):
+                raise error(f"{name} is not allowed in a {self._hello.purpose!r} session")
         if isinstance(msg, Hello):
             self._check_hello(msg, sender)
         elif isinstance(msg, Welcome):

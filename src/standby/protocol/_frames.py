@@ -12,7 +12,11 @@ Wire format of one frame::
 lets through and bugs in framing; it is not a defence against an attacker (TLS is).
 
 Field encoding: enums as ints, an ``Entry`` as ``[path, kind, size, mtime_ns, mode, target]``,
-tuples as arrays (decoded back to tuples), dicts as maps with str keys, bytes as bin, None as nil.
+tuples as arrays (decoded back to tuples), dicts as maps with str keys, bytes as bin, None as nil,
+floats as float 64.
+
+A Batch's payload is made of frames too: its records' frames, concatenated (before
+compression). A record frame is refused outside a batch, and any other frame inside one.
 
 Rules of this file:
 1. Nothing here knows about connection state or roles; ``_connection.py`` does.
@@ -25,15 +29,22 @@ Rules of this file:
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import msgpack
 import xxhash
 
 from ._errors import LocalProtocolError, RemoteProtocolError
-from ._messages import MAX_BLOCK_SIZE, MESSAGE_TYPES, Entry, EntryKind, Message
+from ._messages import (
+    MESSAGE_TYPES,
+    RECORD_TYPES,
+    Entry,
+    EntryKind,
+    Message,
+    Record,
+)
 
 #: The frame header: magic, message TYPE, flags, meta_len, payload_len, checksum.
 HEADER = struct.Struct("!2sBBIIQ")
@@ -46,8 +57,9 @@ MAGIC = b"SB"
 #: (max_buffer_size, since 1.0); h11 allows 16 KiB of HTTP headers. Our largest metadata is a
 #: listing batch: 1000 entries whose path and symlink target are each as long as PATH_MAX
 #: (4096) allows take about 8.2 MB, so 8 MiB fits the worst case of 1000-entry Entries
-#: batches, while one frame costs a receiver at most 8 MiB + MAX_BLOCK_SIZE of memory. It
-#: also caps a RangeDigests at about 512 Ki coarse digests: choose range sizes accordingly.
+#: batches, while one frame costs a receiver at most 8 MiB + MAX_BATCH_RAW (the largest
+#: payload, a Batch's; other types stop at MAX_BLOCK_SIZE) of memory. It also caps a
+#: RangeDigests at about 512 Ki coarse digests: choose range sizes accordingly.
 DEFAULT_MAX_META_SIZE = 8 * 1024 * 1024
 
 # The header stores meta_len in 32 bits.
@@ -111,6 +123,7 @@ def _decode_tuple(value: object) -> tuple[object, ...]:
 # subclasses such as IntEnum as ints, and the message's own checks validate what arrives).
 _FIELD_CODECS: dict[str, tuple[_Encoder | None, _Decoder | None]] = {
     "int": (None, None),
+    "float": (None, None),
     "bool": (None, None),
     "str": (None, None),
     "bytes": (None, None),
@@ -129,6 +142,7 @@ class _TypeCodec:
     encoders: tuple[_Encoder | None, ...]
     decoders: tuple[_Decoder | None, ...]
     has_payload: bool
+    max_payload: int  # 0 for types without a payload
 
 
 def _type_codec(cls: type[Message]) -> _TypeCodec:
@@ -153,10 +167,15 @@ def _type_codec(cls: type[Message]) -> _TypeCodec:
         encoders=tuple(enc for enc, _ in codecs),
         decoders=tuple(dec for _, dec in codecs),
         has_payload=has_payload,
+        max_payload=cls.MAX_PAYLOAD if has_payload else 0,
     )
 
 
-_CODECS_BY_TYPE: dict[int, _TypeCodec] = {t: _type_codec(c) for t, c in MESSAGE_TYPES.items()}
+# Session messages and records share the frame format, but never a context: each context
+# knows only its own types (see parse_header).
+_MESSAGE_CODECS: dict[int, _TypeCodec] = {t: _type_codec(c) for t, c in MESSAGE_TYPES.items()}
+_RECORD_CODECS: dict[int, _TypeCodec] = {t: _type_codec(c) for t, c in RECORD_TYPES.items()}
+_CODECS_BY_TYPE: dict[int, _TypeCodec] = {**_MESSAGE_CODECS, **_RECORD_CODECS}
 _CODECS_BY_CLASS: dict[type[Message], _TypeCodec] = {c.cls: c for c in _CODECS_BY_TYPE.values()}
 
 
@@ -183,11 +202,24 @@ def encode(msg: Message, *, max_meta_size: int = DEFAULT_MAX_META_SIZE) -> list[
         Write them in order, e.g. with ``writelines`` or ``sendmsg``.
 
     Raises:
-        LocalProtocolError: the message is not a wire message, or cannot be encoded.
+        LocalProtocolError: the message is not a wire message (a record is not: see
+            :func:`encode_record`), or cannot be encoded.
     """
     codec = _CODECS_BY_CLASS.get(type(msg))
-    if codec is None:
-        raise LocalProtocolError(f"{type(msg).__name__} is not a wire message")
+    if codec is None or isinstance(msg, Record):
+        raise LocalProtocolError(not_a_wire_message(msg))
+    return _encode(msg, codec, max_meta_size)
+
+
+def not_a_wire_message(msg: Message) -> str:
+    """Why ``msg`` cannot be sent as a frame of its own."""
+    name = type(msg).__name__
+    if isinstance(msg, Record):
+        return f"{name} is a record: records travel only inside a Batch payload (encode_records)"
+    return f"{name} is not a wire message"
+
+
+def _encode(msg: Message, codec: _TypeCodec, max_meta_size: int) -> list[bytes | memoryview]:
     values = [
         getattr(msg, name) if enc is None else enc(getattr(msg, name))
         for name, enc in zip(codec.names, codec.encoders, strict=True)
@@ -214,32 +246,50 @@ def parse_header(
     offset: int = 0,
     *,
     max_meta_size: int = DEFAULT_MAX_META_SIZE,
+    records: bool = False,
 ) -> FrameHeader:
     """Parse and validate the header at ``data[offset:offset + HEADER_SIZE]``.
 
     Everything the header alone can tell is checked here, so an oversized or unknown frame is
     refused before any of it is buffered.
 
+    Args:
+        records: the frame is inside a Batch payload, where only records may be; otherwise it
+            is on a connection, where records may not.
+
     Raises:
-        RemoteProtocolError: bad magic, unknown type, nonzero flags, oversized parts, or a
-            payload on a type that has none.
+        RemoteProtocolError: bad magic, unknown type, a type out of its context, nonzero
+            flags, oversized parts, or a payload on a type that has none.
     """
     magic, type_, flags, meta_len, payload_len, checksum = HEADER.unpack_from(data, offset)
     if magic != MAGIC:
         raise RemoteProtocolError(f"bad frame magic {magic!r}, expected {MAGIC!r}")
-    codec = _CODECS_BY_TYPE.get(type_)
+    codec = (_RECORD_CODECS if records else _MESSAGE_CODECS).get(type_)
     if codec is None:
-        raise RemoteProtocolError(f"unknown message type {type_}")
+        _refuse_type(type_, records)
     name = codec.cls.__name__
     if flags:
         raise RemoteProtocolError(f"{name} frame has unknown flags {flags:#04x}")
     if meta_len > max_meta_size:
         raise RemoteProtocolError(f"{name} metadata of {meta_len} bytes exceeds {max_meta_size}")
-    if payload_len > MAX_BLOCK_SIZE:
-        raise RemoteProtocolError(f"{name} payload of {payload_len} bytes exceeds {MAX_BLOCK_SIZE}")
-    if payload_len and not codec.has_payload:
-        raise RemoteProtocolError(f"{name} frame carries a payload; {name} has none")
+    if payload_len > codec.max_payload:
+        if not codec.has_payload:
+            raise RemoteProtocolError(f"{name} frame carries a payload; {name} has none")
+        raise RemoteProtocolError(
+            f"{name} payload of {payload_len} bytes exceeds {codec.max_payload}"
+        )
     return FrameHeader(type_, flags, meta_len, payload_len, checksum)
+
+
+def _refuse_type(type_: int, records: bool) -> NoReturn:
+    """Explain why a frame of ``type_`` is refused where it is."""
+    codec = _CODECS_BY_TYPE.get(type_)
+    if codec is None:
+        raise RemoteProtocolError(f"unknown message type {type_}")
+    name = codec.cls.__name__
+    if records:
+        raise RemoteProtocolError(f"a Batch payload holds records only, not {name}")
+    raise RemoteProtocolError(f"{name} is a record: records travel only inside a Batch payload")
 
 
 def decode_body(
@@ -302,6 +352,77 @@ def decode(
             return decode_body(header, meta, payload)
 
 
+# --- records: the payload of a Batch ------------------------------------------------------------
+
+
+def encode_record(record: Message) -> bytes:
+    """The frame of one record, as bytes (its payload copied in).
+
+    Raises:
+        LocalProtocolError: ``record`` is not a record, or cannot be encoded.
+    """
+    return b"".join(_record_pieces(record))
+
+
+def encode_records(records: Iterable[Message]) -> bytes:
+    """The frames of ``records``, concatenated: the raw payload of a Batch (one copy).
+
+    Raises:
+        LocalProtocolError: one of them is not a record, or cannot be encoded.
+    """
+    return b"".join([piece for record in records for piece in _record_pieces(record)])
+
+
+def _record_pieces(record: Message) -> list[bytes | memoryview]:
+    codec = _CODECS_BY_CLASS.get(type(record))
+    if codec is None or not isinstance(record, Record):
+        raise LocalProtocolError(f"{type(record).__name__} is not a record")
+    return _encode(record, codec, DEFAULT_MAX_META_SIZE)
+
+
+def decode_records(data: bytes | memoryview, expected_count: int) -> list[Message]:
+    """Decode the records of a Batch payload (decompressed): exactly ``expected_count`` frames.
+
+    Args:
+        data: the records' frames, concatenated.
+        expected_count: the Batch's ``count``.
+
+    Returns:
+        The records, in order (each a :class:`Record`).
+
+    Raises:
+        RemoteProtocolError: a frame is damaged or is not a record, or the frames are not
+            exactly ``expected_count`` whole ones with nothing after them.
+        ValueError: ``expected_count`` is negative.
+    """
+    if expected_count < 0:
+        raise ValueError(f"expected_count must be >= 0, got {expected_count}")
+    records: list[Message] = []
+    with memoryview(data) as raw, raw.cast("B") as view:
+        size = len(view)
+        offset = 0
+        while offset < size:
+            if len(records) == expected_count:
+                raise RemoteProtocolError(
+                    f"Batch payload has {size - offset} bytes after its {expected_count} records"
+                )
+            if size - offset < HEADER_SIZE:
+                raise RemoteProtocolError("Batch payload ends inside a record's header")
+            header = parse_header(view, offset, records=True)
+            end = offset + header.frame_size
+            if end > size:
+                raise RemoteProtocolError("Batch payload ends inside a record")
+            meta_end = offset + HEADER_SIZE + header.meta_len
+            with view[offset + HEADER_SIZE : meta_end] as meta, view[meta_end:end] as payload:
+                records.append(decode_body(header, meta, payload))
+            offset = end
+    if len(records) != expected_count:
+        raise RemoteProtocolError(
+            f"Batch payload holds {len(records)} records, its count says {expected_count}"
+        )
+    return records
+
+
 # First capacity of a FrameDecoder's buffer; it grows (by doubling) to fit the largest frame.
 _INITIAL_BUFFER_SIZE = 256 * 1024
 
@@ -315,8 +436,9 @@ class FrameDecoder:
     than the data copies here. Unparsed bytes move to the front only when a write would not
     fit, and the buffer doubles only when they still do not; with a capacity of at least twice
     the largest frame, each byte is moved at most about once. Memory per decoder is therefore
-    bounded by about twice the largest frame (``max_meta_size + MAX_BLOCK_SIZE``) plus twice
-    the largest chunk fed. A frame's header is validated as soon as its 20 bytes are here, so
+    bounded by about twice the largest frame received (at most ``max_meta_size`` plus the
+    largest payload: MAX_BATCH_RAW for a Batch, MAX_BLOCK_SIZE for others) plus twice the
+    largest chunk fed. A frame's header is validated as soon as its 20 bytes are here, so
     a frame over the limits is refused before it is buffered.
     """
 

@@ -5,21 +5,27 @@ Rules of this file:
    message cannot be built and every later layer can trust what it holds.
 2. Each message has a stable one-byte ``TYPE`` (never reuse a retired number) and a ``SENDER``:
    the role allowed to send it. The *initiator* opened the connection (the master's engine for
-   a synchronization); the *acceptor* answered it.
+   a synchronization or a replication); the *acceptor* answered it. Session messages take
+   TYPEs below RECORD_TYPE_MIN, records (rule 6) TYPEs from it up.
 3. Paths travel as bytes, relative to a root, with ``/`` separators: names are whatever the
    file system holds (not necessarily UTF-8). The replica confines them; this file only checks
-   their shape loosely (types and sizes).
+   their shape loosely (types and sizes; in records also: not empty, no NUL, not absolute).
 4. A message whose last field is named ``payload`` carries it as the frame's raw payload, not
    inside the encoded metadata, so bulk data is never re-encoded.
 5. Only what survives the wire unchanged can be built: integers fit in 64 bits (int fields
    refuse bool), text is encodable as UTF-8, and ``dict[str, Any]`` fields hold plain data
    (None, bool, int, float, str, bytes, list, dict with str keys; no tuples) nested at most
-   MAX_DATA_DEPTH deep, so ``decode(encode(m)) == m`` holds for every message.
+   MAX_DATA_DEPTH deep, and floats are finite, so ``decode(encode(m)) == m`` holds for every
+   message.
+6. A *record* (a :class:`Record`) is one change for the replica to replay, numbered by its place
+   in the replication stream. Records never travel as frames of their own: their frames are
+   concatenated into the payload of a :class:`Batch` (``encode_records``, ``decode_records``).
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -38,6 +44,36 @@ FILE_DIGEST_SIZE = 32
 #: a scenario can choose large blocks for very large images; the frame limit adds room for the
 #: metadata (up to 16 bytes of digest per 4 KiB block).
 MAX_BLOCK_SIZE = 4 * 1024 * 1024
+#: Smallest block size a scenario may choose (a page).
+MIN_BLOCK_SIZE = 4096
+
+#: Largest uncompressed payload of a Batch: the records' frames, concatenated. Precedents:
+#: PostgreSQL streams its WAL in 16 MiB segments (the default wal_segment_size); Kafka refuses
+#: batches over about 1 MiB by default (message.max.bytes). Our largest record, a RecWrite of
+#: MAX_BLOCK_SIZE with one digest per 4 KiB and a PATH_MAX path, takes about 4.02 MiB, so any
+#: record fits in a batch with room for more; at 1 Gbit/s a full batch is on the wire for
+#: about 0.14 s, so acknowledgements stay frequent; and a receiver holds at most one batch
+#: compressed and one decompressed (32 MiB) while it decodes.
+MAX_BATCH_RAW = 16 * 1024 * 1024
+
+#: Longest path or link target a record may hold: Linux PATH_MAX, terminating NUL included,
+#: so a longer one could never be opened on the replica.
+MAX_PATH_SIZE = 4096
+
+#: Largest file offset or size: off_t is a signed 64-bit integer.
+MAX_FILE_SIZE = (1 << 63) - 1
+
+#: Records take TYPEs from here up (255 at most), session messages the TYPEs below. A record's
+#: TYPE has an even number of one bits, so one flipped bit never turns a record into another
+#: (the frame checksum covers meta and payload, not the header, and records also rest in
+#: spools on disk): RecMakeDir and RecAttrs, say, have the same shape.
+RECORD_TYPE_MIN = 128
+
+#: What a session is for (Hello.purpose). An acceptor answers a purpose it does not serve
+#: with Failure; a session's purpose decides which session messages it may carry (_state.py).
+PURPOSE_CONTROL = "control"
+PURPOSE_SYNC = "sync"
+PURPOSE_REPLICATE = "replicate"
 
 
 class Role(enum.Enum):
@@ -66,6 +102,9 @@ class Message:
 
     TYPE: ClassVar[int]
     SENDER: ClassVar[Role]
+    #: Largest payload a frame of this type may carry (for types with a ``payload`` field);
+    #: the frame decoder refuses a larger one from its header, before buffering it.
+    MAX_PAYLOAD: ClassVar[int] = MAX_BLOCK_SIZE
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -79,6 +118,7 @@ class Message:
 # whose annotation is missing here fails loudly (TypeError) instead of going unchecked.
 _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "int": int,
+    "float": float,  # finite only: NaN is not equal to itself
     "str": str,
     "bytes": bytes,
     "bool": bool,
@@ -159,6 +199,9 @@ def _check_value(where: str, annotation: str, value: object, *, signed: bool = F
         _check_int(where, value, signed=signed)
     elif isinstance(value, str):
         _check_text(where, value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise LocalProtocolError(f"{where} must be a finite float")
     elif isinstance(value, tuple):
         item_annotation = _ITEM_ANNOTATIONS[annotation]
         item_type = _FIELD_TYPES[item_annotation]
@@ -232,7 +275,7 @@ class Hello(Message):
     version_min: int
     version_max: int
     engine: str
-    purpose: str  # "control" or "sync"; tells the acceptor what follows
+    purpose: str  # PURPOSE_CONTROL, PURPOSE_SYNC or PURPOSE_REPLICATE: what follows
 
     def _validate(self) -> None:
         if self.version_min > self.version_max:
@@ -355,7 +398,8 @@ class SyncBegin(Message):
     def _validate(self) -> None:
         if self.method not in SyncMethod.__members__.values():
             raise LocalProtocolError(f"SyncBegin.method {self.method} is unknown")
-        if not 4096 <= self.block_size <= MAX_BLOCK_SIZE or self.block_size & (self.block_size - 1):
+        block_size = self.block_size
+        if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE or block_size & (block_size - 1):
             raise LocalProtocolError("SyncBegin.block_size must be a power of two in 4 KiB..4 MiB")
         if not 1 <= self.range_blocks <= 1 << 20:
             raise LocalProtocolError("SyncBegin.range_blocks must be in 1..2**20")
@@ -595,6 +639,287 @@ class SyncDone(Message):
     stats: dict[str, Any]
 
 
+# --- replication -------------------------------------------------------------------------------
+#
+# A "replicate" session streams the changes of one scenario, in order. The initiator (the
+# master's engine) sends ReplicateBegin; the acceptor (the replica's engine) answers
+# ReplicateReady with what it already holds; then Batches of numbered records flow one way and
+# Acks the other, with Heartbeats from either side while a direction is idle.
+
+
+def _check_seqs(name: str, received_seq: int, durable_seq: int) -> None:
+    if durable_seq > received_seq:
+        raise LocalProtocolError(f"{name}.durable_seq > received_seq")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicateBegin(Message):
+    """Start streaming the changes of a scenario.
+
+    Records numbered ``base_seq`` or below were superseded by a synchronization: the replica
+    treats them as applied (0: none were).
+    """
+
+    TYPE: ClassVar[int] = 50
+    SENDER: ClassVar[Role] = Role.INITIATOR
+
+    scenario: str
+    base_seq: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicateReady(Message):
+    """What the replica already holds, so the master sends from ``received_seq + 1``.
+
+    ``received_seq``: the highest seq it holds safely (applied, or in its own spool);
+    ``durable_seq``: the highest seq applied and fsynced (never above ``received_seq``).
+    """
+
+    TYPE: ClassVar[int] = 51
+    SENDER: ClassVar[Role] = Role.ACCEPTOR
+
+    received_seq: int
+    durable_seq: int
+
+    def _validate(self) -> None:
+        _check_seqs("ReplicateReady", self.received_seq, self.durable_seq)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Batch(Message):
+    """``count`` records, numbered ``first_seq`` to ``first_seq + count - 1``.
+
+    ``payload`` is the records' frames concatenated (``encode_records``), ``raw_size`` bytes
+    long; when ``compressed``, it holds them as one zstd frame instead (``compress_batch``),
+    and ``raw_size`` is the length once decompressed.
+    """
+
+    TYPE: ClassVar[int] = 52
+    SENDER: ClassVar[Role] = Role.INITIATOR
+    MAX_PAYLOAD: ClassVar[int] = MAX_BATCH_RAW
+
+    first_seq: int
+    count: int
+    compressed: bool
+    raw_size: int
+    payload: bytes | memoryview
+
+    def _validate(self) -> None:
+        if not 1 <= self.raw_size <= MAX_BATCH_RAW:
+            raise LocalProtocolError("Batch.raw_size must be in 1..MAX_BATCH_RAW")
+        if self.first_seq < 1:
+            raise LocalProtocolError("Batch.first_seq must be >= 1")
+        # Every record takes bytes, and the last seq must fit in 64 bits.
+        if not 1 <= self.count <= self.raw_size or self.first_seq + self.count - 1 > _U64_MAX:
+            raise LocalProtocolError("Batch.count must be in 1..raw_size, its last seq < 2**64")
+        size = len(self.payload)
+        if self.compressed:
+            if not 1 <= size <= MAX_BATCH_RAW:
+                raise LocalProtocolError("Batch.payload must hold 1 byte to MAX_BATCH_RAW")
+        elif size != self.raw_size:
+            raise LocalProtocolError("Batch.raw_size must be len(payload) when not compressed")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ack(Message):
+    """How far the replica got: the same two seqs as ReplicateReady.
+
+    A replica sends them growing; this package keeps no seqs and does not check that.
+    """
+
+    TYPE: ClassVar[int] = 53
+    SENDER: ClassVar[Role] = Role.ACCEPTOR
+
+    received_seq: int
+    durable_seq: int
+
+    def _validate(self) -> None:
+        _check_seqs("Ack", self.received_seq, self.durable_seq)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Heartbeat(Message):
+    """Sent by a side that has sent nothing for a while, so the peer knows the link is alive.
+
+    ``sent_at`` is the sender's wall clock (Unix time, seconds), for lag estimates and logs.
+    No answer is due: each side sends its own.
+    """
+
+    TYPE: ClassVar[int] = 54
+    SENDER: ClassVar[Role] = Role.EITHER
+
+    sent_at: float
+
+
+# --- records: the changes inside a Batch -------------------------------------------------------
+
+
+def _check_path(where: str, value: bytes, *, relative: bool = True) -> None:
+    """A path's loose shape: 1 to MAX_PATH_SIZE bytes, no NUL, relative unless told otherwise.
+
+    The replica confines every path (components, symlinks); this only refuses what can never
+    name a file, so that no such value gets that far.
+    """
+    if not 1 <= len(value) <= MAX_PATH_SIZE:
+        raise LocalProtocolError(f"{where} must hold 1 to {MAX_PATH_SIZE} bytes")
+    if b"\0" in value:
+        raise LocalProtocolError(f"{where} contains a NUL byte")
+    if relative and value[:1] == b"/":
+        raise LocalProtocolError(f"{where} must be relative")
+
+
+def _check_mode(where: str, mode: int) -> None:
+    if mode > 0o7777:
+        raise LocalProtocolError(f"{where} holds more than permission bits (0o7777)")
+
+
+def _check_extent(where: str, offset: int, length: int) -> None:
+    if offset + length > MAX_FILE_SIZE:
+        raise LocalProtocolError(f"{where} ends past the largest file offset (2**63 - 1)")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Record(Message):
+    """Base of the records: one change to ``path``, relative to root number ``root`` of the
+    scenario. Records are sent inside a Batch only (rule 6); their seq is their place in it."""
+
+    SENDER: ClassVar[Role] = Role.INITIATOR
+
+    root: int  # index into the scenario's roots
+    path: bytes
+
+    def _validate(self) -> None:
+        _check_path(f"{type(self).__name__}.path", self.path)
+        self._validate_record()
+
+    def _validate_record(self) -> None:
+        """Per-record checks beyond root and path; override where needed."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecMakeDir(Record):
+    """Create a directory (or set the attributes of the one there)."""
+
+    TYPE: ClassVar[int] = 129
+
+    mode: int
+    mtime_ns: int
+
+    def _validate_record(self) -> None:
+        _check_mode("RecMakeDir.mode", self.mode)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecSymlink(Record):
+    """Create or replace a symbolic link; the target is stored as given and never followed."""
+
+    TYPE: ClassVar[int] = 130
+
+    target: bytes
+    mtime_ns: int
+
+    def _validate_record(self) -> None:
+        _check_path("RecSymlink.target", self.target, relative=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecHardLink(Record):
+    """Make ``path`` another name of the file ``existing`` (same root)."""
+
+    TYPE: ClassVar[int] = 132
+
+    existing: bytes
+
+    def _validate_record(self) -> None:
+        _check_path("RecHardLink.existing", self.existing)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecRemove(Record):
+    """Delete an entry; a directory with everything under it."""
+
+    TYPE: ClassVar[int] = 135
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecRename(Record):
+    """Rename ``path`` to ``target`` (same root), replacing what ``target`` names."""
+
+    TYPE: ClassVar[int] = 136
+
+    target: bytes
+
+    def _validate_record(self) -> None:
+        _check_path("RecRename.target", self.target)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecWrite(Record):
+    """Write ``payload`` at ``offset``, creating the file if it is missing.
+
+    ``digests`` holds the xxh3-128 digest of each block of ``payload`` (the writer's block
+    size, at least MIN_BLOCK_SIZE; the last block may be shorter), concatenated; the replica
+    checks every one before it writes anything.
+    """
+
+    TYPE: ClassVar[int] = 139
+
+    offset: int
+    digests: bytes
+    payload: bytes | memoryview
+
+    def _validate_record(self) -> None:
+        size = len(self.payload)
+        if not 1 <= size <= MAX_BLOCK_SIZE:
+            raise LocalProtocolError("RecWrite.payload must hold 1 byte to MAX_BLOCK_SIZE")
+        count, rest = divmod(len(self.digests), BLOCK_DIGEST_SIZE)
+        # Blocks are at least MIN_BLOCK_SIZE long: no more digests than that allows.
+        if rest or not 1 <= count <= -(-size // MIN_BLOCK_SIZE):
+            raise LocalProtocolError("RecWrite.digests must be one digest per block of the payload")
+        _check_extent("RecWrite", self.offset, size)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecZero(Record):
+    """The range reads as zeros from now on (a hole punched, or zeros written)."""
+
+    TYPE: ClassVar[int] = 141
+
+    offset: int
+    length: int
+
+    def _validate_record(self) -> None:
+        if not self.length:
+            raise LocalProtocolError("RecZero.length must be >= 1")
+        _check_extent("RecZero", self.offset, self.length)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecTruncate(Record):
+    """Set the size of a file (cut, or extended with zeros)."""
+
+    TYPE: ClassVar[int] = 142
+
+    size: int
+
+    def _validate_record(self) -> None:
+        _check_extent("RecTruncate", 0, self.size)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecAttrs(Record):
+    """Set the permission bits and the mtime of an entry."""
+
+    TYPE: ClassVar[int] = 144
+
+    mode: int
+    mtime_ns: int
+
+    def _validate_record(self) -> None:
+        _check_mode("RecAttrs.mode", self.mode)
+
+
+#: The messages of a session: each travels as a frame of its own.
 MESSAGE_TYPES: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
@@ -624,5 +949,26 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
         FileResult,
         SyncEnd,
         SyncDone,
+        ReplicateBegin,
+        ReplicateReady,
+        Batch,
+        Ack,
+        Heartbeat,
+    )
+}
+
+#: The records, which travel only inside a Batch payload.
+RECORD_TYPES: dict[int, type[Record]] = {
+    cls.TYPE: cls
+    for cls in (
+        RecMakeDir,
+        RecSymlink,
+        RecHardLink,
+        RecRemove,
+        RecRename,
+        RecWrite,
+        RecZero,
+        RecTruncate,
+        RecAttrs,
     )
 }

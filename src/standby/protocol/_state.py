@@ -1,9 +1,13 @@
 """The session state machine of a peer link.
 
-Rule 1: every session transition lives in the TRANSITIONS table of this file.
+Rule 1: every session transition lives in the TRANSITIONS table of this file, and which
+        session messages each purpose allows in :func:`purpose_allows`.
 Rule 2: this file does not know which side we are; roles (who may send what) and the version
         checks of the handshake are the Connection's business.
 Rule 3: both sides of a connection share one state, advanced by messages in either direction.
+Rule 4: a session's purpose (Hello.purpose) decides which session messages it carries: a
+        "replicate" session the REPLICATION_MESSAGES and no others, any other session all
+        the others and none of them.
 
 ::
 
@@ -21,7 +25,20 @@ from __future__ import annotations
 
 import enum
 
-from ._messages import MESSAGE_TYPES, Failure, Goodbye, Hello, Message, Welcome
+from ._messages import (
+    MESSAGE_TYPES,
+    PURPOSE_REPLICATE,
+    Ack,
+    Batch,
+    Failure,
+    Goodbye,
+    Heartbeat,
+    Hello,
+    Message,
+    ReplicateBegin,
+    ReplicateReady,
+    Welcome,
+)
 
 
 class State(enum.Enum):
@@ -40,6 +57,17 @@ _HANDSHAKE_MESSAGES = (Hello, Welcome, Failure, Goodbye)
 SESSION_MESSAGES: tuple[type[Message], ...] = tuple(
     cls for cls in MESSAGE_TYPES.values() if cls not in _HANDSHAKE_MESSAGES
 )
+_SESSION = frozenset(SESSION_MESSAGES)
+
+#: The session messages of a "replicate" session, and of no other.
+REPLICATION_MESSAGES: tuple[type[Message], ...] = (
+    ReplicateBegin,
+    ReplicateReady,
+    Batch,
+    Ack,
+    Heartbeat,
+)
+_REPLICATION = frozenset(REPLICATION_MESSAGES)
 
 TRANSITIONS: dict[State, dict[type[Message], State]] = {
     State.HANDSHAKE: {Hello: State.NEGOTIATING, Failure: State.CLOSED},
@@ -57,3 +85,13 @@ TRANSITIONS: dict[State, dict[type[Message], State]] = {
 def next_state(state: State, message_type: type[Message]) -> State | None:
     """The state after ``message_type`` in ``state``, or None if it may not appear there."""
     return TRANSITIONS[state].get(message_type)
+
+
+def purpose_allows(purpose: str, message_type: type[Message]) -> bool:
+    """Whether an OPEN session of ``purpose`` may carry ``message_type``.
+
+    Only session messages depend on the purpose; Goodbye and Failure end any session.
+    """
+    if message_type in _REPLICATION:
+        return purpose == PURPOSE_REPLICATE
+    return purpose != PURPOSE_REPLICATE or message_type not in _SESSION

@@ -322,6 +322,14 @@ class ReplicationOptions(_Model):
     compression_level: int = Field(1, strict=True)
     bandwidth_limit: BandwidthLimit = 0
     bandwidth_schedule: tuple[BandwidthWindow, ...] = ()
+    sample_seconds: int = Field(600, strict=True)  # assessment: one report row per sample
+
+    @field_validator("sample_seconds")
+    @classmethod
+    def _sample_range(cls, value: int) -> int:
+        if not 1 <= value <= 86_400:
+            raise ValueError(f"must be 1 to 86400 (seconds), got {value}")
+        return value
 
     @field_validator("schedule")
     @classmethod

@@ -29,6 +29,7 @@ class EngineProcess:
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.info: dict[str, Any] = {}
+        self.listen_port = 0  # chosen by the kernel at first start, kept for restarts
 
     def __repr__(self) -> str:
         return f"<EngineProcess {self.name} pid={self.proc.pid if self.proc else None}>"
@@ -38,8 +39,8 @@ class EngineProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
             [*STANDBY, "--home", str(self.home), "engine", "--name", self.name,
-             "--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "STANDBY_LOG_LEVEL": "INFO"})
+             "--listen", f"127.0.0.1:{self.listen_port}", "--api", "127.0.0.1:0"],
+            stdout=log, stderr=subprocess.STDOUT, env={"STANDBY_LOG_LEVEL": "INFO", **os.environ})
         deadline = time.monotonic() + timeout
         path = self.home / "engine.json"
         while time.monotonic() < deadline:
@@ -49,6 +50,7 @@ class EngineProcess:
             if path.exists():
                 self.info = json.loads(path.read_text())
                 if self.info.get("pid") == self.proc.pid:
+                    self.listen_port = int(self.peer_address.rsplit(":", 1)[1])
                     return
             time.sleep(0.05)
         raise TimeoutError(f"engine {self.name} did not start within {timeout} s")

@@ -163,8 +163,21 @@ async def remove_scenario(engine: EngineDep, name: str) -> None:
 
 @router.post("/scenarios/{name}/start", status_code=202)
 async def start_scenario(engine: EngineDep, name: str) -> Item:
-    """Start protecting: returns the initial synchronization job (poll /v1/jobs/{id})."""
+    """Start protecting: returns the scenario with ``job``, the initial synchronization job
+    when one starts (poll /v1/jobs/{id}), else null."""
     return await _call(engine.start_scenario, name)
+
+
+@router.post("/scenarios/{name}/suspend")
+async def suspend_scenario(engine: EngineDep, name: str) -> Item:
+    """On the replica: stop applying changes; they are spooled until resume."""
+    return await _call(engine.suspend, name)
+
+
+@router.post("/scenarios/{name}/resume")
+async def resume_scenario(engine: EngineDep, name: str) -> Item:
+    """On the replica: apply the spooled changes and go on applying."""
+    return await _call(engine.resume, name)
 
 
 @router.post("/scenarios/{name}/stop")

@@ -196,8 +196,31 @@ def scenario_remove(ctx: typer.Context, name: ScenarioName) -> None:
 
 @scenario_app.command("start")
 def scenario_start(ctx: typer.Context, name: ScenarioName, no_wait: NoWaitOption = False) -> None:
-    """Start protecting: run the initial synchronization and wait for it."""
-    _run_job(_home(ctx), path("scenarios", name, "start"), None, no_wait)
+    """Start protecting: capture starts, the initial synchronization runs (shown until it
+    ends), then changes replicate in real time."""
+    with _engine(_home(ctx)) as api:
+        started = api.post(path("scenarios", name, "start"))
+    job = started.get("job")
+    if job is None:
+        typer.echo(f"scenario {name} started: no synchronization needed, real-time "
+                   "replication resumes")
+        return
+    _follow_job(_home(ctx), job, no_wait)
+    typer.echo(f"scenario {name}: real-time replication goes on (see `standby status {name}`)")
+
+
+@app.command("suspend")
+def suspend_command(ctx: typer.Context, name: ScenarioName) -> None:
+    """On the replica: stop applying changes (they are spooled there) until `resume`."""
+    _change(_home(ctx), "POST", path("scenarios", name, "suspend"),
+            f"scenario {name} suspended: changes are spooled on this replica")
+
+
+@app.command("resume")
+def resume_command(ctx: typer.Context, name: ScenarioName) -> None:
+    """On the replica: apply the spooled changes and go on applying."""
+    _change(_home(ctx), "POST", path("scenarios", name, "resume"),
+            f"scenario {name} resumed: spooled changes are being applied")
 
 
 @scenario_app.command("stop")
@@ -393,6 +416,11 @@ def _run_job(home: Path, url: str, body: dict[str, Any] | None, no_wait: bool) -
     """Start a job; unless ``no_wait``, follow its progress and exit with its outcome."""
     with _engine(home) as api:
         job = api.post(url, body)
+    _follow_job(home, job, no_wait)
+
+
+def _follow_job(home: Path, job: dict[str, Any], no_wait: bool) -> None:
+    with _engine(home) as api:
         if no_wait:
             typer.echo(job["id"])
             return

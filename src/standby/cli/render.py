@@ -123,6 +123,10 @@ def scenario_status(s: Mapping[str, Any]) -> RenderableType:
     job = s.get("job")
     if job:
         parts.append(Text(f"  sync {job['id']}: {progress_line(job)}", style="cyan"))
+    replication = s.get("replication")
+    if replication:
+        parts += [Text("  replication", style="bold"), _pairs(
+            {k: v for k, v in replication.items() if v is not None and v != ""})]
     if s.get("hosts"):
         parts += [Text(f"  totals over {s.get('syncs', 0)} synchronization(s):"),
                   hosts_table(s["hosts"])]

@@ -98,6 +98,7 @@ def run_engine(home: Path, name: str | None, listen: str | None, api: str | None
         "api_url": f"http://{_url_host(api_host)}:{bound_port}", "pid": os.getpid()})
     engine.emit(ev.ENGINE_STARTED, f"engine {engine.name} started: peers on "
                 f"{peer_host}:{server.port}, API on {api_host}:{bound_port}")
+    engine.resume_scenarios()
     try:
         asyncio.run(uv.serve(sockets=[api_sock]))
     finally:

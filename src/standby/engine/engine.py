@@ -19,7 +19,7 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..config import ConfigError, Scenario, check_name, parse_document, parse_scenario
@@ -28,8 +28,12 @@ from . import events as ev
 from .channel import LinkError, PeerMismatch, PeerRefused, connect, fetch_peer_certificate
 from .identity import Identity, fingerprint_of, parse_fingerprint
 from .jobs import Job, JobState
+from .replica_stream import ReplicaTarget
 from .session import PeerFailure, Session
 from .store import Peer, Store
+
+if TYPE_CHECKING:
+    from .replication import MasterReplication
 
 log = logging.getLogger("standby.engine")
 
@@ -94,11 +98,36 @@ class Engine:
         self._lock = threading.Lock()
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._job_seq = 0
+        self._runtimes: dict[str, MasterReplication] = {}
+        self._targets: dict[str, ReplicaTarget] = {}
 
     def close(self) -> None:
+        with self._lock:
+            runtimes, self._runtimes = list(self._runtimes.values()), {}
+            targets, self._targets = list(self._targets.values()), {}
+        for runtime in runtimes:
+            runtime.stop()
         for job in self.running_jobs():
             job.cancel()
+        for target in targets:
+            try:
+                target.close()
+            except OSError as exc:
+                log.warning("scenario %s: closing the replica side: %s", target.name, exc)
         self.store.close()
+
+    def resume_scenarios(self) -> None:
+        """After a restart: scenarios this engine was replicating as master run again, from
+        where their spool and index say they stood (no full resynchronization)."""
+        for row in self.store.scenarios():
+            if row.role == "master" and row.state in ("running", "syncing"):
+                try:
+                    self.start_scenario(row.name)
+                except EngineError as exc:
+                    log.warning("scenario %s not resumed: %s", row.name, exc.message)
+            elif row.role == "replica":
+                target = self.replica_target(row.name)
+                target.start_drain()
 
     # --- identity and peers ---------------------------------------------------------------------
 
@@ -327,22 +356,93 @@ class Engine:
         self.emit(ev.SCENARIO_REMOVED, f"scenario {name} removed (replica files are kept)", name)
 
     def start_scenario(self, name: str) -> dict[str, Any]:
-        """Start protecting: run the initial synchronization."""
+        """Start protecting: capture starts, then the initial synchronization runs (unless the
+        index of a previous run is still valid), then changes replicate in real time. In
+        scheduled mode, synchronizations run at the configured times instead.
+
+        Returns the scenario's summary with ``job``: the synchronization job just started, if
+        any, for the caller to follow."""
+        from .replication import MasterReplication
+        from .scheduler import ScheduledSync
+
         scenario, role = self._scenario(name)
         self._require_master(name, role, scenario)
-        job = self.start_sync(name, None, None)
-        self.emit(ev.SCENARIO_STARTED, f"scenario {name} started", name)
-        return job
+        with self._lock:
+            if name in self._runtimes:
+                raise EngineError(409, f"scenario {name!r} is already running")
+        runtime: MasterReplication | ScheduledSync
+        try:
+            if scenario.replication.mode == "scheduled":
+                runtime = ScheduledSync(self, scenario)
+            else:
+                runtime = MasterReplication(self, scenario)
+        except (OSError, ValueError) as exc:
+            raise EngineError(500, f"scenario {name}: cannot open its spool or index: "
+                              f"{exc}") from None
+        with self._lock:
+            self._runtimes[name] = runtime  # type: ignore[assignment]
+        self.store.update_scenario(name, state="running")
+        runtime.start()
+        self.emit(ev.SCENARIO_STARTED, f"scenario {name} started "
+                  f"({scenario.replication.mode} mode)", name)
+        job = runtime.wait_for_sync_job(10.0) if isinstance(runtime, MasterReplication) else None
+        summary = self._scenario_summary(name)
+        summary["job"] = job.describe() if job is not None else None
+        return summary
 
     def stop_scenario(self, name: str) -> dict[str, Any]:
         scenario, role = self._scenario(name)
         self._require_master(name, role, scenario)
+        with self._lock:
+            runtime = self._runtimes.pop(name, None)
+        if runtime is not None:
+            runtime.stop()
         job = self._job_for(name)
         if job is not None:
             job.cancel()
         self.store.update_scenario(name, state="stopped")
         self.emit(ev.SCENARIO_STOPPED, f"scenario {name} stopped", name)
         return self._scenario_summary(name)
+
+    def runtime(self, name: str) -> MasterReplication | None:
+        with self._lock:
+            return self._runtimes.get(name)
+
+    def replica_target(self, name: str) -> ReplicaTarget:
+        """The replica's state of a scenario replicated here (created on first use)."""
+        with self._lock:
+            target = self._targets.get(name)
+            if target is None:
+                target = self._targets[name] = ReplicaTarget(self, name)
+            return target
+
+    def suspend(self, name: str) -> dict[str, Any]:
+        """Stop applying changes on the replica; they are spooled there until resume."""
+        scenario, role = self._scenario(name)
+        if role != "replica":
+            raise EngineError(409, f"run `standby suspend {name}` on the replica engine "
+                              f"{scenario.replica!r}")
+        target = self.replica_target(name)
+        if target.suspended:
+            raise EngineError(409, f"scenario {name!r} is already suspended")
+        target.suspend()
+        self.emit(ev.SUSPENDED, f"scenario {name}: replica suspended at change "
+                  f"{target.applied}", name)
+        return target.status()
+
+    def resume(self, name: str) -> dict[str, Any]:
+        scenario, role = self._scenario(name)
+        if role != "replica":
+            raise EngineError(409, f"run `standby resume {name}` on the replica engine "
+                              f"{scenario.replica!r}")
+        target = self.replica_target(name)
+        if not target.suspended:
+            raise EngineError(409, f"scenario {name!r} is not suspended")
+        backlog = target.backlog
+        target.resume()
+        self.emit(ev.RESUMED, f"scenario {name}: replica resumed; {backlog} spooled "
+                  "change(s) to apply", name)
+        return target.status()
 
     def _require_master(self, name: str, role: str, scenario: Scenario) -> None:
         if role != "master":
@@ -353,7 +453,23 @@ class Engine:
 
     def start_sync(self, name: str, method: str | None,
                    ignore_same_size_time: bool | None) -> dict[str, Any]:
-        """Start a synchronization job in a thread and return its description at once."""
+        """Start a synchronization job in a thread and return its description at once. While
+        the scenario replicates in real time, its runtime runs the synchronization (capture
+        goes on meanwhile, and the index is rebuilt after it)."""
+        runtime = self.runtime(name)
+        if runtime is not None and hasattr(runtime, "request_sync"):
+            if method is not None and method not in ("file", "block"):
+                raise EngineError(400, f"method must be 'file' or 'block', got {method!r}")
+            job = runtime.request_sync(method, ignore_same_size_time, 10.0)
+            if job is None:
+                raise EngineError(409, f"scenario {name!r}: the synchronization did not start "
+                                  "(see `standby events`)")
+            return job.describe()
+        return self.start_sync_job(name, method, ignore_same_size_time)
+
+    def start_sync_job(self, name: str, method: str | None,
+                       ignore_same_size_time: bool | None) -> dict[str, Any]:
+        """Start the synchronization job itself (the runtime's way in)."""
         from .sync_master import MasterSync  # import here: sync_master imports this module
 
         scenario, role = self._scenario(name)
@@ -388,12 +504,20 @@ class Engine:
             stats = row.stats if row else {}
             _accumulate(stats, report)
             self.store.update_scenario(job.scenario, stats=stats)
+        if self.runtime(job.scenario) is not None:
+            if job.state is JobState.SUCCEEDED:  # the runtime goes on: replication
+                self.store.update_scenario(job.scenario, state="running")
+            return
         if job.state is JobState.SUCCEEDED:
             self.store.update_scenario(job.scenario, state="running", consistent=True)
         elif job.state is JobState.CANCELLED:
             self.store.update_scenario(job.scenario, state="stopped")
         else:
             self.store.update_scenario(job.scenario, state="failed")
+
+    def job_object(self, job_id: str) -> Job:
+        with self._lock:
+            return self._jobs[job_id]
 
     def _job_for(self, scenario: str) -> Job | None:
         return next((j for j in self._jobs.values()
@@ -428,6 +552,11 @@ class Engine:
             summary["syncs"] = row.stats.get("syncs", 0)
             job = self._job_for(row.name)
             summary["job"] = job.describe() if job else None
+            runtime = self.runtime(row.name)
+            if runtime is not None:
+                summary["replication"] = runtime.status()
+            elif row.role == "replica":
+                summary["replication"] = self.replica_target(row.name).status()
             out.append(summary)
         return out
 

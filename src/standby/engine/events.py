@@ -80,6 +80,43 @@ FILE_FAILED = _e(
     "Read the reason (permissions, disk full, file vanished); fix it and synchronize again.",
 )
 REPLICA_INCONSISTENT = _e("SB2108", WARN, "replica marked inconsistent until synchronization completes")
+REPLICATION_STARTED = _e("SB2201", INFO, "real-time replication started")
+REPLICATION_SYNCHRONIZED = _e(
+    "SB2202", INFO, "replica synchronized: the initial synchronization completed and every "
+    "change made during it is replicated")
+LINK_LOST = _e(
+    "SB2203", WARN, "replication link lost; changes wait in the spool",
+    "Check that the replica engine runs and is reachable; replication resumes by itself.",
+)
+LINK_RESTORED = _e("SB2204", INFO, "replication link restored; the spool drains")
+SPOOL_FULL = _e(
+    "SB2205", WARN, "spool over its limit: changes degrade to a list of dirty paths",
+    "Nothing is lost: once the link catches up, only the dirty paths are compared and their "
+    "differing blocks sent. Raise replication.spool_max, or the bandwidth, if it recurs.",
+)
+SPOOL_RECOVERED = _e("SB2206", INFO, "spool back under its limit; dirty paths resynchronized")
+RESCAN = _e(
+    "SB2207", WARN, "change notifications lost; the root is rescanned",
+    "Only files whose size, time, mode or inode changed are compared. If it recurs, raise "
+    "fs.inotify.max_queued_events or fs.inotify.max_user_watches (sysctl).",
+)
+SUSPENDED = _e("SB2208", INFO, "replica suspended: changes are spooled, not applied")
+RESUMED = _e("SB2209", INFO, "replica resumed: spooled changes are applied")
+APPLY_FAILED = _e(
+    "SB2210", ERR, "applying changes on the replica failed",
+    "Read the reason (disk full, permissions); fix it. The master keeps the changes in its "
+    "spool and sends them again.",
+)
+REPLICA_AHEAD = _e(
+    "SB2211", ERR, "the replica holds changes the master's spool does not: synchronizing",
+    "The master's spool was lost or replaced. A synchronization runs to bring the replica back "
+    "to the master's state.",
+)
+CAPTURE_FAILED = _e(
+    "SB2212", ERR, "change capture failed; replication stopped",
+    "Read the reason (a root was removed or unmounted); fix it and start the scenario again.",
+)
+ASSESSMENT_SAMPLE = _e("SB2213", INFO, "assessment sample recorded")
 PROTOCOL_ERROR = _e(
     "SB3001", ERR, "protocol error: session ended",
     "The peer sent something malformed or out of order. Check both engines run the same "

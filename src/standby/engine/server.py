@@ -119,6 +119,14 @@ class PeerServer:
                     replica.run()
                 finally:
                     scenario = replica.scenario_name
+            elif hello.purpose == "replicate":
+                from .replica_stream import ReplicaStream
+
+                stream = ReplicaStream(engine, session, peer)
+                try:
+                    stream.run()
+                finally:
+                    scenario = stream.scenario_name
             else:
                 session.fail("SB3001", f"unknown session purpose {hello.purpose!r}")
         except ProtocolError as exc:

@@ -290,6 +290,54 @@ class ConfinedRoot:
             os.close(efd)
 
     @_names_path
+    def rename(self, path: bytes, target: bytes) -> bool:
+        """Rename ``path`` to ``target`` (both inside the root), replacing what is at
+        ``target``; a directory in the way is removed first, whatever it holds. Returns False
+        (and changes nothing) when ``path`` does not exist: replaying a rename that was already
+        applied is then harmless."""
+        tcomps = split_relpath(target)
+        if tcomps[: len(split_relpath(path))] == split_relpath(path):
+            raise PathRefused(target, "cannot move a directory into itself")
+        tfd = os.dup(self._dir(target, tcomps[:-1]))  # survives cache evictions below
+        try:
+            try:
+                fd, name, comps = self._parent(path)
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+            try:
+                os.rename(name, tcomps[-1], src_dir_fd=fd, dst_dir_fd=tfd)
+            except FileNotFoundError:
+                return False
+            except OSError as exc:  # a different kind of entry, or a non-empty directory
+                if exc.errno not in (errno.EISDIR, errno.ENOTDIR, errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                self._remove_name(tfd, tcomps[-1], tcomps)  # what stands in the way
+                os.rename(name, tcomps[-1], src_dir_fd=fd, dst_dir_fd=tfd)
+            self._forget(comps)  # cached descriptors below the old name now live elsewhere
+            self._forget(tcomps)
+            return True
+        finally:
+            os.close(tfd)
+
+    @_names_path
+    def open_write(self, path: bytes) -> int:
+        """Open the regular file at ``path`` read/write, creating it (mode 0600, the mode is
+        set later) when missing. Anything else in the way (a symlink, a directory) is removed
+        first: the master says a regular file is there."""
+        fd, name, comps = self._parent(path)
+        for _ in range(3):
+            opened, mode = _open_regular(fd, name, os.O_RDWR)
+            if opened >= 0:
+                return opened
+            if mode:
+                self._remove_name(fd, name, comps)
+            try:
+                return os.open(name, _NEW_FILE, 0o600, dir_fd=fd)
+            except FileExistsError:
+                continue  # created behind our back: open that one
+        raise FileExistsError(errno.EEXIST, "the entry keeps changing", os.fsdecode(path))
+
+    @_names_path
     def set_attrs(self, path: bytes, mode: int, mtime_ns: int) -> None:
         """Set permission bits and mtime of ``path`` itself; never follows a symlink (on a symlink
         only the mtime is set: Linux links have no mode)."""

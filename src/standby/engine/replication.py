@@ -1,0 +1,875 @@
+"""The master's side of real-time replication: one :class:`MasterReplication` per running
+scenario, with two threads.
+
+The **capture** thread owns the watchers, the dirty set, the index and the appending end of the
+spool. Events mark paths dirty; a dirty path is looked at once no event has touched it for
+``aggregate_ms`` (or at the latest ``MAX_DELAY_FACTOR`` times that after its first event), and
+:class:`~standby.engine.changes.ChangeBuilder` turns it into records. A file that changes
+without pause is compared in whole at most at ``rehash_rate`` bytes per second; in between, an
+append is sent on its own. Renames and removals travel at once, in event order. Records are
+appended to the spool and made durable (group commit) before the index changes behind them are
+committed.
+
+The **sender** thread owns the link: it connects, learns where the replica stands, streams
+spooled records in Batches (compressed when that pays, within the bandwidth limit), and a
+reader thread takes the replica's acknowledgements and trims the spool. A lost link is retried
+with backoff; records wait in the spool meanwhile.
+
+Phases: ``syncing`` (an initial synchronization runs; events only mark paths dirty),
+``indexing`` (the index is built from the master's files that did not change since capture
+started), ``replicating``, and ``degraded`` (the spool hit its limit: events only mark paths
+dirty until the spool drains, then the dirty paths are reconciled against the index, which
+sends only what differs).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import select
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..capture import Changed, Moved, Overflow, Removed, Watcher, WatchError
+from ..config import PathFilter, Scenario
+from ..journal import Spool, SpoolFull, SpoolGap
+from ..protocol import (
+    Ack,
+    Batch,
+    EntryKind,
+    Heartbeat,
+    Message,
+    ProtocolError,
+    RecRename,
+    RecTruncate,
+    RecWrite,
+    RecZero,
+    ReplicateBegin,
+    ReplicateReady,
+    compress_batch,
+    decode_records,
+    encode_record,
+)
+from ..storage.hashing import FileChangedError, hash_file, new_buffer
+from ..storage.tree import ListingError, scan_tree
+from . import events as ev
+from .changes import ChangeBuilder, entry_matches, forget_blocks
+from .channel import LinkError
+from .file_index import STALE, FileIndex, IndexEntry, is_under, parent_of
+from .jobs import Job, JobState
+from .ratelimit import TokenBucket, bandwidth_limit_at
+from .session import PeerFailure, Session
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+log = logging.getLogger("standby.replication")
+
+#: A dirty path is looked at no later than this many aggregation windows after its first event,
+#: even while events keep coming (a file appended to without pause still flows).
+MAX_DELAY_FACTOR = 10
+#: Records gathered before they are appended to the spool in one go.
+APPEND_BYTES = 4 * 1024 * 1024
+#: Largest Batch the sender builds (raw, before compression).
+BATCH_BYTES = 4 * 1024 * 1024
+#: Bytes sent but not yet acknowledged as durable: bounds the replica's and the link's buffers.
+IN_FLIGHT_BYTES = 64 * 1024 * 1024
+#: Idle seconds after which the sender sends a Heartbeat (the replica answers with an Ack).
+HEARTBEAT_INTERVAL = 1.0
+#: Reconnect backoff after a lost link (seconds, doubling up to the maximum).
+BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
+#: The degraded phase ends when the spool is back under this fraction of its limit.
+RECOVER_FRACTION = 0.25
+#: Seconds between retries of a failed initial synchronization.
+SYNC_RETRY = 10.0
+#: Files below this size are always compared in whole (the rate bound only matters for large).
+SMALL_FILE = 4 * 1024 * 1024
+#: Seconds of throughput history kept for the status.
+THROUGHPUT_WINDOW = 10.0
+
+
+@dataclass(slots=True)
+class _Dirty:
+    first: float
+    due: float
+    may_remove: bool  # see ChangeBuilder.reconcile
+    force_remove: bool = False
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters of one runtime (plain ints: a torn read by the API is harmless)."""
+
+    changed_files: int = 0
+    changed_bytes: int = 0
+    sent_records: int = 0
+    sent_bytes: int = 0  # on the wire (after compression)
+    sent_raw_bytes: int = 0
+    acked_records: int = 0
+    acked_bytes: int = 0
+    rescans: int = 0
+    link_up: bool = False
+
+
+class MasterReplication:
+    """Real-time replication of one scenario on its master engine."""
+
+    def __init__(self, engine: Engine, scenario: Scenario) -> None:
+        self.engine = engine
+        self.scenario = scenario
+        self.name = scenario.name
+        self.options = scenario.replication
+        self.directory = spool_directory(engine.home, scenario)
+        self.spool = Spool(self.directory / "journal", max_bytes=self.options.spool_max,
+                           min_free_bytes=self.options.spool_min_free)
+        self.index = FileIndex(self.directory / "index.db", len(scenario.roots))
+        self.block_size = scenario.sync.block_size
+        self._buffer = new_buffer()
+        self.builders = [
+            ChangeBuilder(number, root.master, self.index.roots[number], self.block_size,
+                          PathFilter(root.include, root.exclude), self._buffer)
+            for number, root in enumerate(scenario.roots)]
+        self.stats = Stats()
+        self.phase = "starting"
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._dirty: OrderedDict[tuple[int, bytes], _Dirty] = OrderedDict()
+        self._next_full: dict[tuple[int, bytes], float] = {}
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._appended: deque[tuple[int, float]] = deque()  # (last seq of an append, time)
+        self._ack_cond = threading.Condition()
+        self.received_seq = 0
+        self.durable_seq = 0
+        self._synchronized_seq: int | None = None  # SB2202 once acknowledged up to here
+        self._throughput: deque[tuple[float, int]] = deque()
+        self._window = self.options.aggregate_ms / 1000.0
+        self._rehash_rate = float(self.options.rehash_rate)
+        self._assessment: dict[str, Any] | None = None
+        self._threads: list[threading.Thread] = []
+        self._watchers: list[Watcher] = []
+        self._sync_job: Job | None = None
+        self._sync_known = threading.Event()  # set once a sync job started, or none is needed
+        self._sync_request: tuple[str | None, bool | None] | None = None
+        # The last spool record whose index changes are committed: nothing past it is sent.
+        self._committed_seq = self.index.committed_seq if self.index.valid else 0
+
+    # --- lifetime -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._threads = [threading.Thread(target=self._capture_main, name=f"capture-{self.name}",
+                                          daemon=True)]
+        if self.options.mode == "online":
+            self._threads.append(threading.Thread(target=self._sender_main,
+                                                  name=f"sender-{self.name}", daemon=True))
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._ack_cond:
+            self._ack_cond.notify_all()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=30)
+        self.spool.close()
+        self.index.close()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # --- capture --------------------------------------------------------------------------------
+
+    def _capture_main(self) -> None:
+        try:
+            self._watchers = []
+            for root in self.scenario.roots:
+                path_filter = PathFilter(root.include, root.exclude)
+                watcher = Watcher(root.master, excluded=path_filter.excluded
+                                  if path_filter.active else None)
+                watcher.start()
+                self._watchers.append(watcher)
+            if self.options.mode == "assessment":
+                self._assessment_start()
+            elif not self.index.valid:
+                self._initial_sync(None, None)
+            else:
+                self._sync_known.set()
+                self.phase = "rescanning"
+                self._recover_tail()
+                for number in range(len(self.builders)):
+                    self._rescan(number)
+            if self.stopping:
+                return
+            if self.phase != "degraded":
+                self.phase = "replicating" if self.options.mode == "online" else "assessing"
+            self.engine.emit(ev.REPLICATION_STARTED, f"scenario {self.name}: "
+                             f"{'assessment' if self.options.mode == 'assessment' else 'real-time replication'} "
+                             f"started ({len(self._dirty)} path(s) to look at first)", self.name)
+            self._capture_loop()
+        except WatchError as exc:
+            self._capture_failed(str(exc))
+        except Exception as exc:
+            log.exception("capture of %s failed", self.name)
+            self._capture_failed(f"unexpected error, please report it as a bug: {exc!r}")
+        finally:
+            for watcher in self._watchers:
+                watcher.close()
+
+    def _capture_failed(self, reason: str) -> None:
+        self.error = reason
+        self.phase = "failed"
+        self.engine.emit(ev.CAPTURE_FAILED, f"scenario {self.name}: {reason}", self.name)
+        self.engine.store.update_scenario(self.name, state="failed")
+
+    def _capture_loop(self) -> None:
+        poller = select.poll()
+        by_fd = {}
+        for number, watcher in enumerate(self._watchers):
+            poller.register(watcher.fileno(), select.POLLIN)
+            by_fd[watcher.fileno()] = number
+        while not self.stopping:
+            if self._sync_request is not None:
+                method, ignore = self._sync_request
+                self._sync_request = None
+                self._flush(sync=True)
+                self._initial_sync(method, ignore)
+                if self.stopping:
+                    return
+            timeout = self._next_due_in()
+            ready = poller.poll(max(0.0, min(timeout, 0.5)) * 1000)
+            for fd, _ in ready:
+                self._take_events(by_fd[fd])
+            self._process_due()
+            self._finish_round()
+            self._flush(sync=True)
+            self._periodic()
+
+    def _take_events(self, number: int, timeout: float = 0.0) -> None:
+        for event in self._watchers[number].read(timeout):
+            self._on_event(number, event)
+
+    def _drain_events(self) -> None:
+        for number in range(len(self._watchers)):
+            self._take_events(number)
+
+    def _streaming(self) -> bool:
+        """Whether changes turn into records now (not only into dirty paths)."""
+        return self.phase in ("replicating", "assessing", "rescanning")
+
+    def _on_event(self, number: int, event: Changed | Moved | Removed | Overflow) -> None:
+        now = time.monotonic()
+        log.debug("event %r", event)
+        builder = self.builders[number]
+        if isinstance(event, Changed | Removed) and event.path:
+            if isinstance(event, Removed) or builder.index.get(event.path) is None:
+                builder.touched_dirs.add(parent_of(event.path))  # an entry came or went
+        elif isinstance(event, Moved):
+            builder.touched_dirs.update((parent_of(event.src), parent_of(event.dst)))
+        if isinstance(event, Changed):
+            self._mark(number, event.path, now, may_remove=False)
+        elif isinstance(event, Removed):
+            if self._streaming():
+                self._forget_dirty(number, event.path)
+                self.builders[number].remove(event.path, self._emit)
+            else:
+                self._mark(number, event.path, now)
+        elif isinstance(event, Moved):
+            self._moved(number, event, now)
+        elif isinstance(event, Overflow):
+            self.engine.emit(ev.RESCAN, f"scenario {self.name}, root "
+                             f"{self.scenario.roots[number].master}: {event.reason}", self.name)
+            self._rescan(number)
+
+    def _moved(self, number: int, event: Moved, now: float) -> None:
+        src, dst = event.src, event.dst
+        moved = [(key, dirty) for key, dirty in self._dirty.items()
+                 if key[0] == number and is_under(key[1], src)]
+        for key, dirty in moved:  # changes waiting under the old name now wait under the new
+            del self._dirty[key]
+            self._dirty[(number, dst + key[1][len(src):])] = dirty
+        if not self._streaming() or not self.builders[number].rename(src, dst, self._emit):
+            self._mark(number, src, now)
+            self._mark(number, dst, now)
+
+    def _mark(self, number: int, path: bytes, now: float, *, at_once: bool = False,
+              may_remove: bool = True, force_remove: bool = False) -> None:
+        key = (number, path)
+        due = now if at_once else now + self._window
+        dirty = self._dirty.get(key)
+        if dirty is None:
+            self._dirty[key] = _Dirty(now, max(due, self._next_full.get(key, 0.0)), may_remove,
+                                      force_remove)
+        else:
+            dirty.may_remove = dirty.may_remove or may_remove
+            dirty.force_remove = dirty.force_remove or force_remove
+            latest = dirty.first + self._window * MAX_DELAY_FACTOR
+            dirty.due = max(min(due, latest), self._next_full.get(key, 0.0), dirty.due
+                            if dirty.due > now else 0.0)
+
+    def _forget_dirty(self, number: int, top: bytes) -> None:
+        for key in [k for k in self._dirty if k[0] == number and is_under(k[1], top)]:
+            del self._dirty[key]
+
+    def _next_due_in(self) -> float:
+        if not self._dirty or not self._streaming():
+            return 0.5
+        now = time.monotonic()
+        return max(0.0, min(d.due for d in self._dirty.values()) - now)
+
+    def _process_due(self) -> None:
+        if not self._streaming() or not self._dirty:
+            return
+        now = time.monotonic()
+        for key in [k for k, d in self._dirty.items() if d.due <= now]:
+            if self.stopping or not self._streaming():
+                return
+            dirty = self._dirty.get(key)
+            if dirty is None or dirty.due > now:
+                continue  # handled (or re-marked) meanwhile
+            self._reconcile(key, now)
+
+    def _reconcile(self, key: tuple[int, bytes], now: float) -> None:
+        number, path = key
+        builder = self.builders[number]
+        entry = builder.index.get(path)
+        next_full = self._next_full.get(key, 0.0)
+        try:
+            if entry is not None and entry.kind is EntryKind.FILE and now < next_full:
+                # Compared in whole not long ago: send an append now, the rest later.
+                self._tail(builder, path, entry)
+                self._dirty[key].due = next_full
+                return
+            dirty = self._dirty.pop(key)
+            before = builder.counters.bytes
+            children = builder.reconcile(path, self._emit, may_remove=dirty.may_remove,
+                                         force_remove=dirty.force_remove)
+            self.stats.changed_bytes += builder.counters.bytes - before
+            for child in children:
+                self._mark(number, child, now, at_once=True, may_remove=False)
+            entry = builder.index.get(path)
+            if entry is not None and entry.kind is EntryKind.FILE and entry.size > SMALL_FILE:
+                self._next_full[key] = time.monotonic() + entry.size / self._rehash_rate
+            else:
+                self._next_full.pop(key, None)
+        except SpoolFull as exc:
+            self._degrade(str(exc))
+        except FileChangedError:
+            self._mark(number, path, time.monotonic())
+        except OSError as exc:
+            log.warning("scenario %s: %s: %s (will retry)", self.name, path, exc)
+            self._mark(number, path, time.monotonic() + 1.0)
+
+    def _tail(self, builder: ChangeBuilder, path: bytes, entry: IndexEntry) -> None:
+        try:
+            size = os.lstat(builder._abs(path)).st_size
+        except OSError:
+            return
+        if size > entry.size:
+            before = builder.counters.bytes
+            builder.reconcile(path, self._emit, tail=True)
+            self.stats.changed_bytes += builder.counters.bytes - before
+
+    def _finish_round(self) -> None:
+        if not self._streaming():
+            return
+        try:
+            for builder in self.builders:
+                builder.finish_round(self._emit)
+        except SpoolFull as exc:
+            self._degrade(str(exc))
+
+    # --- records into the spool -----------------------------------------------------------------
+
+    def _emit(self, record: Message) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("record %s %r %r", type(record).__name__, getattr(record, "path", b""),
+                      getattr(record, "target", b""))
+        data = encode_record(record)
+        if self.options.mode == "assessment":
+            self._assess(data)
+            return
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        if self._pending_bytes >= APPEND_BYTES:
+            self._flush(sync=False)
+
+    def _flush(self, *, sync: bool) -> None:
+        """Append the gathered records to the spool; with ``sync``, make the spool durable and
+        commit the index changes behind it."""
+        if self._pending:
+            pending, self._pending, self._pending_bytes = self._pending, [], 0
+            last = self.spool.append(pending)  # SpoolFull: nothing appended
+            self.index.checkpoint()
+            self._appended.append((last, time.time()))
+            self.stats.changed_files = sum(b.counters.files for b in self.builders)
+        if sync and (self.index.pending or self.spool.last_seq > self._committed_seq):
+            self.spool.sync()
+            self.index.commit(self.spool.last_seq)
+            self._committed_seq = self.spool.last_seq
+
+    def _degrade(self, reason: str) -> None:
+        """The spool is full: forget the records not appended, and the index changes behind
+        them; from now on, changes only mark paths dirty until the spool drains."""
+        self._pending, self._pending_bytes = [], 0
+        now = time.monotonic()
+        for number, path in self.index.rollback():
+            self._mark(number, path, now)
+        if self.phase != "degraded":
+            self.phase = "degraded"
+            self.engine.emit(ev.SPOOL_FULL, f"scenario {self.name}: {reason}; "
+                             f"{len(self._dirty)} path(s) marked dirty", self.name)
+
+    def _periodic(self) -> None:
+        now = time.time()
+        self._throughput.append((now, self.stats.sent_bytes))
+        while self._throughput and self._throughput[0][0] < now - THROUGHPUT_WINDOW:
+            self._throughput.popleft()
+        if self.phase == "degraded" and \
+                self.spool.size_bytes <= self.options.spool_max * RECOVER_FRACTION:
+            self.phase = "replicating"
+            count = len(self._dirty)
+            for dirty in self._dirty.values():
+                dirty.due = 0.0
+            self.engine.emit(ev.SPOOL_RECOVERED, f"scenario {self.name}: spool at "
+                             f"{self.spool.size_bytes} bytes; {count} dirty path(s) are "
+                             "compared and their differences sent", self.name)
+        if self._assessment is not None:
+            self._assessment_tick(now)
+        if self._synchronized_seq is not None and not self._dirty \
+                and self._acknowledged() >= self._synchronized_seq:
+            self._synchronized_seq = None
+            self.engine.emit(ev.REPLICATION_SYNCHRONIZED, f"scenario {self.name}: the replica "
+                             "holds every change made before and during the synchronization",
+                             self.name)
+            self.engine.store.update_scenario(self.name, consistent=True)
+
+    # --- recovery after a crash ------------------------------------------------------------------
+
+    def _recover_tail(self) -> None:
+        """Records appended after the last index commit (the engine died in between) will be
+        sent, but the index does not know what they did. Make it forget: their paths are
+        compared again (and removed on the replica if gone here), their blocks sent again."""
+        first = self._committed_seq + 1
+        if self.spool.last_seq < first:
+            return
+        now = time.monotonic()
+        count = 0
+        seq = max(first, self.spool.base_seq + 1)
+        while seq <= self.spool.last_seq:
+            records = self.spool.read(seq, 8 * 1024 * 1024)
+            if not records:
+                break
+            for seq, data in records:
+                (record,) = decode_records(data, 1)
+                count += 1
+                self._forget_record(record, now)
+            seq += 1
+        log.info("scenario %s: %d record(s) after the last index commit: their paths are "
+                 "compared again", self.name, count)
+
+    def _forget_record(self, record: Message, now: float) -> None:
+        number = getattr(record, "root", 0)
+        if not 0 <= number < len(self.builders):
+            return
+        index = self.builders[number].index
+        path: bytes = getattr(record, "path", b"")
+        if isinstance(record, RecWrite | RecZero):
+            entry = index.get(path)
+            length = len(record.payload) if isinstance(record, RecWrite) else record.length
+            if entry is not None:
+                index.put(path, forget_blocks(entry, record.offset, length, self.block_size))
+        elif isinstance(record, RecTruncate):
+            entry = index.get(path)
+            if entry is not None:
+                index.put(path, IndexEntry(entry.kind, entry.size, STALE, entry.mode, entry.ino))
+        for name in (path, getattr(record, "target", None) if isinstance(record, RecRename)
+                     else None):
+            if name:
+                self._mark(number, name, now, at_once=True, force_remove=True)
+
+    # --- rescan ---------------------------------------------------------------------------------
+
+    def _rescan(self, number: int) -> None:
+        """Mark dirty every path whose size, mtime, mode or inode differs from the index (and
+        every indexed path that is gone): what an incremental rescan compares."""
+        self.stats.rescans += 1
+        root = self.scenario.roots[number]
+        builder = self.builders[number]
+        try:
+            listing = scan_tree(root.master)
+        except ListingError as exc:
+            self._capture_failed(f"cannot list {root.master}: {exc}")
+            self._stop.set()
+            return
+        now = time.monotonic()
+        seen = set()
+        for item in listing:
+            seen.add(item.path)
+            if builder.excluded(item.path, item.kind is EntryKind.DIRECTORY):
+                continue
+            entry = builder.index.get(item.path)
+            if entry is None or not entry_matches(entry, item.kind, item.size, item.mtime_ns,
+                                                  item.mode, item.ino, item.target):
+                self._mark(number, item.path, now, at_once=True)
+        for path, _ in list(builder.index.items()):
+            if path and path not in seen:
+                self._mark(number, path, now, at_once=True)
+
+    # --- initial synchronization and index ------------------------------------------------------
+
+    def request_sync(self, method: str | None, ignore_same_size_time: bool | None,
+                     timeout: float) -> Job | None:
+        """Run a synchronization now (``standby sync`` while replicating): the capture thread
+        switches to it; returns its job once started."""
+        self._sync_known.clear()
+        self._sync_request = (method, ignore_same_size_time)
+        return self.wait_for_sync_job(timeout)
+
+    def wait_for_sync_job(self, timeout: float) -> Job | None:
+        """The synchronization job this runtime started, or None when none was needed."""
+        self._sync_known.wait(timeout)
+        job = self._sync_job
+        return job if job is not None and job.state is JobState.RUNNING else None
+
+    def _initial_sync(self, method: str | None, ignore: bool | None) -> None:
+        """Synchronize while capture marks what changes meanwhile; then build the index from
+        every file that did not change since capture started."""
+        while not self.stopping:
+            self.phase = "syncing"
+            self.index.clear()
+            try:
+                job_id = self.engine.start_sync_job(self.name, method, ignore)["id"]
+            except Exception as exc:  # EngineError: a sync already runs, a peer is down
+                log.info("scenario %s: synchronization not started: %s", self.name, exc)
+                self._sync_known.set()
+                self._wait_with_events(SYNC_RETRY)
+                continue
+            job = self._sync_job = self.engine.job_object(job_id)
+            self._sync_known.set()
+            while not job.wait_done(0.2):
+                self._drain_events()
+                if self.stopping:
+                    job.cancel()
+            self._drain_events()
+            if job.state is JobState.SUCCEEDED:
+                break
+            if job.state is JobState.CANCELLED:
+                self._stop.set()
+                return
+            self._wait_with_events(SYNC_RETRY)
+        if self.stopping:
+            return
+        self.spool.reset(self.spool.last_seq)  # the synchronization superseded older records
+        self.phase = "indexing"
+        for number in range(len(self.builders)):
+            self._build_index(number)
+        self.index.mark_valid()
+        self.index.commit(self.spool.last_seq)
+        self._committed_seq = self.spool.last_seq
+        self.phase = "replicating"
+        self._synchronized_seq = self.spool.last_seq
+        for dirty in self._dirty.values():
+            dirty.due = 0.0
+
+    def _wait_with_events(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < end:
+            self._drain_events()
+            self._stop.wait(0.2)
+
+    def _build_index(self, number: int) -> None:
+        builder = self.builders[number]
+        root = self.scenario.roots[number]
+        try:
+            listing = scan_tree(root.master)
+        except ListingError as exc:
+            self._capture_failed(f"cannot list {root.master}: {exc}")
+            self._stop.set()
+            return
+        index = builder.index
+        for item in listing:
+            if self.stopping:
+                return
+            key = (number, item.path)
+            if key in self._dirty or builder.excluded(item.path,
+                                                      item.kind is EntryKind.DIRECTORY):
+                continue
+            if item.kind is EntryKind.DIRECTORY:
+                index.put(item.path, IndexEntry(EntryKind.DIRECTORY, 0, item.mtime_ns,
+                                                item.mode, item.ino))
+            elif item.kind is EntryKind.SYMLINK:
+                index.put(item.path, IndexEntry(EntryKind.SYMLINK, item.size, item.mtime_ns, 0,
+                                                item.ino, item.target))
+            elif item.kind is EntryKind.FILE:
+                digests = self._hash(builder, item.path, item.size, item.mtime_ns)
+                self._drain_events()
+                if digests is not None and key not in self._dirty:
+                    index.put(item.path, IndexEntry(EntryKind.FILE, item.size, item.mtime_ns,
+                                                    item.mode, item.ino, digests=digests))
+            if index.pending and len(index.pending) >= 1000:
+                self.index.commit()
+        index.put(b"", IndexEntry(EntryKind.DIRECTORY, 0, 0, 0, 0))
+        self.index.commit()
+
+    def _hash(self, builder: ChangeBuilder, path: bytes, size: int,
+              mtime_ns: int) -> bytes | None:
+        try:
+            fd = os.open(builder._abs(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
+                return None
+            hashes = hash_file(fd, self.block_size, buffer=self._buffer)
+            st2 = os.fstat(fd)
+            if (st2.st_size, st2.st_mtime_ns) != (size, mtime_ns):
+                return None
+            return hashes.block_digests
+        except (OSError, FileChangedError):
+            return None
+        finally:
+            os.close(fd)
+
+    # --- sender ---------------------------------------------------------------------------------
+
+    def _sender_main(self) -> None:
+        backoff = BACKOFF_MIN
+        bucket = TokenBucket(None)
+        while not self.stopping:
+            if self.phase not in ("replicating", "degraded", "rescanning"):
+                self._stop.wait(0.1)
+                continue
+            try:
+                session = self.engine.open_session(self.scenario.replica, "replicate")
+            except Exception as exc:  # EngineError: unreachable, refused
+                self._link_down(str(exc))
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            try:
+                session.send(ReplicateBegin(scenario=self.name, base_seq=self.spool.base_seq))
+                ready = session.expect(ReplicateReady)
+                self._link_up()
+                backoff = BACKOFF_MIN
+                self._stream(session, ready, bucket)
+            except (LinkError, OSError, PeerFailure, ProtocolError) as exc:
+                self._link_down(str(exc))
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+            finally:
+                session.close()
+
+    def _link_up(self) -> None:
+        if not self.stats.link_up:
+            self.stats.link_up = True
+            self.engine.emit(ev.LINK_RESTORED, f"scenario {self.name}: connected to "
+                             f"{self.scenario.replica}; {self.spool.record_count} record(s) "
+                             "to send", self.name)
+
+    def _link_down(self, reason: str) -> None:
+        if self.stats.link_up or not hasattr(self, "_told_down"):
+            self._told_down = True
+            self.stats.link_up = False
+            self.engine.emit(ev.LINK_LOST, f"scenario {self.name}: replica "
+                             f"{self.scenario.replica}: {reason}", self.name)
+
+    def _stream(self, session: Session, ready: ReplicateReady, bucket: TokenBucket) -> None:
+        if ready.received_seq > self.spool.last_seq:
+            self.engine.emit(ev.REPLICA_AHEAD, f"scenario {self.name}: the replica holds "
+                             f"records up to {ready.received_seq}, the spool ends at "
+                             f"{self.spool.last_seq}", self.name)
+            self.index.clear()
+            self._stop.wait(1.0)
+            return
+        self._on_ack(ready.received_seq, ready.durable_seq)
+        failure: list[BaseException] = []
+        reader = threading.Thread(target=self._read_acks, args=(session, failure),
+                                  name=f"acks-{self.name}", daemon=True)
+        reader.start()
+        next_seq = ready.received_seq + 1
+        sent_at = time.monotonic()
+        limit_checked = 0.0
+        while not self.stopping and not failure and reader.is_alive():
+            if self.phase not in ("replicating", "degraded", "rescanning"):
+                return
+            now = time.monotonic()
+            if now - limit_checked > 10.0:
+                bucket.set_rate(bandwidth_limit_at(self.options, datetime.datetime.now()))
+                limit_checked = now
+            with self._ack_cond:
+                if self._in_flight(next_seq) > IN_FLIGHT_BYTES:
+                    self._ack_cond.wait(0.2)
+                    continue
+            try:
+                allowed = self._committed_seq - next_seq + 1  # only what the index holds
+                records = self.spool.read(next_seq, BATCH_BYTES, min(allowed, 10_000)) \
+                    if allowed > 0 else []
+            except SpoolGap:
+                self.engine.emit(ev.REPLICA_AHEAD, f"scenario {self.name}: the replica needs "
+                                 f"records from {next_seq}, the spool starts after "
+                                 f"{self.spool.base_seq}: synchronizing", self.name)
+                self.index.clear()
+                return
+            if not records:
+                if now - sent_at >= HEARTBEAT_INTERVAL:
+                    session.send(Heartbeat(sent_at=time.time()))
+                    sent_at = now
+                self.spool.wait(next_seq - 1, 0.2)
+                continue
+            raw = b"".join(data for _, data in records)
+            compressed = (compress_batch(raw, self.options.compression_level)
+                          if self.options.compression else None)
+            payload = raw if compressed is None else compressed
+            bucket.consume(len(payload), self._stop)
+            session.send(Batch(first_seq=records[0][0], count=len(records),
+                               compressed=compressed is not None, raw_size=len(raw),
+                               payload=payload))
+            self.stats.sent_records += len(records)
+            self.stats.sent_bytes += len(payload)
+            self.stats.sent_raw_bytes += len(raw)
+            next_seq = records[-1][0] + 1
+            sent_at = now
+        if failure:
+            raise failure[0]
+
+    def _in_flight(self, next_seq: int) -> int:
+        """Approximate bytes sent but not durable on the replica."""
+        if next_seq - 1 <= self.durable_seq:
+            return 0
+        return self.stats.sent_raw_bytes - self.stats.acked_bytes
+
+    def _read_acks(self, session: Session, failure: list[BaseException]) -> None:
+        try:
+            while not self.stopping:
+                message = session.recv()
+                if isinstance(message, Ack):
+                    self._on_ack(message.received_seq, message.durable_seq)
+                else:
+                    raise ProtocolError(f"unexpected {type(message).__name__} from the replica")
+        except BaseException as exc:  # the sender re-raises it
+            failure.append(exc)
+        finally:
+            with self._ack_cond:
+                self._ack_cond.notify_all()
+
+    def _on_ack(self, received: int, durable: int) -> None:
+        with self._ack_cond:
+            if durable > self.durable_seq:
+                self.stats.acked_records += durable - self.durable_seq
+            self.received_seq = max(self.received_seq, received)
+            self.durable_seq = max(self.durable_seq, durable)
+            self._ack_cond.notify_all()
+        before = self.spool.size_bytes
+        self.spool.trim(min(self.durable_seq, self.spool.last_seq))
+        self.stats.acked_bytes += max(0, before - self.spool.size_bytes)
+        acknowledged = self._acknowledged()
+        while self._appended and self._appended[0][0] <= acknowledged:
+            self._appended.popleft()
+
+    def _acknowledged(self) -> int:
+        """The last change acknowledged at the scenario's level (async, received, durable)."""
+        if self.options.ack == "async":
+            return self.spool.last_seq
+        if self.options.ack == "received":
+            return self.received_seq
+        return self.durable_seq
+
+    # --- assessment -----------------------------------------------------------------------------
+
+    def _assessment_start(self) -> None:
+        """Assessment: the index describes the master as it is now; changes are counted."""
+        self.phase = "indexing"
+        self.index.clear()
+        for number in range(len(self.builders)):
+            self._build_index(number)
+        self.index.mark_valid()
+        now = time.time()
+        self._assessment = {"started_at": now, "sample_started_at": now,
+                            "sample_seconds": float(self.options.sample_seconds),
+                            "bytes": 0, "records": 0, "compressed": 0, "samples": []}
+        self.phase = "assessing"
+
+    def _assess(self, data: bytes) -> None:
+        assert self._assessment is not None
+        self._assessment["bytes"] += len(data)
+        self._assessment["records"] += 1
+        compressed = compress_batch(data, self.options.compression_level)
+        self._assessment["compressed"] += len(data) if compressed is None else len(compressed)
+
+    def _assessment_tick(self, now: float) -> None:
+        state = self._assessment
+        assert state is not None
+        if now - state["sample_started_at"] < state["sample_seconds"]:
+            return
+        seconds = now - state["sample_started_at"]
+        sample = {"start": state["sample_started_at"], "seconds": round(seconds, 3),
+                  "changed_bytes": state["bytes"], "records": state["records"],
+                  "compressed_bytes": state["compressed"],
+                  "bandwidth_bytes_s": round(state["compressed"] / seconds)}
+        state["samples"].append(sample)
+        state.update(bytes=0, records=0, compressed=0, sample_started_at=now)
+        self.engine.store.add_report(self.name, self.assessment_report())
+        self.engine.emit(ev.ASSESSMENT_SAMPLE, f"scenario {self.name}: "
+                         f"{sample['changed_bytes']} bytes changed in {seconds:.0f} s "
+                         f"({sample['compressed_bytes']} compressed)", self.name)
+
+    def assessment_report(self) -> dict[str, Any]:
+        state = self._assessment or {"samples": [], "started_at": time.time()}
+        samples = state["samples"]
+        total = sum(s["changed_bytes"] for s in samples)
+        compressed = sum(s["compressed_bytes"] for s in samples)
+        seconds = sum(s["seconds"] for s in samples) or 1.0
+        return {"kind": "assessment", "scenario": self.name, "started_at": state["started_at"],
+                "samples": samples, "changed_bytes": total, "compressed_bytes": compressed,
+                "compression_ratio": round(total / compressed, 2) if compressed else None,
+                "bandwidth_average_bytes_s": round(compressed / seconds),
+                "bandwidth_peak_bytes_s": max((s["bandwidth_bytes_s"] for s in samples),
+                                              default=0),
+                "changed_files": sum(b.counters.files for b in self.builders),
+                "sent_bytes": 0}
+
+    # --- status ---------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        now = time.time()
+        lag = 0.0
+        acknowledged = self._acknowledged()
+        for seq, appended_at in list(self._appended):
+            if seq > acknowledged:
+                lag = now - appended_at
+                break
+        throughput = 0.0
+        samples = list(self._throughput)
+        if len(samples) >= 2 and samples[-1][0] > samples[0][0]:
+            throughput = (samples[-1][1] - samples[0][1]) / (samples[-1][0] - samples[0][0])
+        stats = self.stats
+        return {
+            "phase": self.phase, "mode": self.options.mode, "ack": self.options.ack,
+            "error": self.error, "link_up": stats.link_up,
+            "last_seq": self.spool.last_seq, "received_seq": self.received_seq,
+            "durable_seq": self.durable_seq, "acknowledged_seq": acknowledged,
+            "spool_bytes": self.spool.size_bytes, "spool_records": self.spool.record_count,
+            "dirty_paths": len(self._dirty), "lag_s": round(lag, 3),
+            "throughput_bytes_s": round(throughput),
+            "changed_files": sum(b.counters.files for b in self.builders),
+            "changed_bytes": stats.changed_bytes,
+            "sent_records": stats.sent_records, "sent_bytes": stats.sent_bytes,
+            "sent_raw_bytes": stats.sent_raw_bytes,
+            "acknowledged_records": stats.acked_records,
+            "acknowledged_bytes": stats.acked_bytes, "rescans": stats.rescans,
+        }
+
+
+def spool_directory(engine_home: Path, scenario: Scenario) -> Path:
+    base = Path(scenario.replication.spool_dir) if scenario.replication.spool_dir \
+        else engine_home / "spool"
+    return base / scenario.name
+

@@ -1,0 +1,345 @@
+"""Real-time replication between real engine processes: the stream, its faults, its modes."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..treeutil import assert_trees_equal
+from .harness import EngineProcess, write_scenario
+from .proxy import Proxy
+
+
+@pytest.fixture
+def linked(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[
+        tuple[EngineProcess, EngineProcess, Proxy]]:
+    """alpha (master) and beta (replica), alpha reaching beta through a proxy we can cut."""
+    alpha = EngineProcess(tmp_path / "alpha-home", "alpha", tmp_path)
+    beta = EngineProcess(tmp_path / "beta-home", "beta", tmp_path)
+    started: list[EngineProcess] = []
+    proxy: Proxy | None = None
+    try:
+        for engine in (alpha, beta):
+            engine.start()
+            started.append(engine)
+        proxy = Proxy(("127.0.0.1", beta.listen_port))
+        alpha.cli("peer", "add", "beta", proxy.address, beta.fingerprint)
+        beta.cli("peer", "add", "alpha", alpha.peer_address, alpha.fingerprint)
+        yield alpha, beta, proxy
+    finally:
+        for engine in started:
+            engine.stop()
+        if proxy is not None:
+            proxy.close()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            for engine in started:
+                print(f"----- log of {engine.name} -----\n{engine.log()[-20000:]}")
+
+
+def replication(engine: EngineProcess, name: str = "live") -> dict[str, Any]:
+    (status,) = engine.api("GET", f"/v1/status/{name}")
+    return dict(status.get("replication") or {})
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def caught_up(alpha: EngineProcess, name: str = "live") -> bool:
+    r = replication(alpha, name)
+    return (r.get("phase") == "replicating" and r.get("dirty_paths") == 0
+            and r.get("durable_seq") == r.get("last_seq") and r.get("spool_records") == 0)
+
+
+def start_live(alpha: EngineProcess, tmp_path: Path, master: Path, replica: Path,
+               extra: str = "", name: str = "live") -> None:
+    master.mkdir(exist_ok=True)
+    scenario = write_scenario(tmp_path / f"{name}.toml", name, "alpha", "beta",
+                              [(master, replica)], extra=extra)
+    alpha.cli("scenario", "add", str(scenario))
+    alpha.cli("scenario", "start", name)
+    wait_for(lambda: replication(alpha, name).get("phase") == "replicating", 60,
+             "the initial synchronization and indexing")
+
+
+class Workload:
+    """A seeded random writer: create, append, overwrite at random offsets, truncate, rename,
+    delete, mkdir, symlink; in a thread until stopped."""
+
+    def __init__(self, root: Path, seed: int) -> None:
+        self.root = root
+        self.rng = random.Random(seed)
+        self.stop = threading.Event()
+        self.operations = 0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def finish(self) -> None:
+        self.stop.set()
+        self._thread.join(30)
+        if self.error is not None:
+            raise self.error
+
+    def _files(self) -> list[Path]:
+        return [p for p in self.root.rglob("*") if p.is_file() and not p.is_symlink()]
+
+    def _dirs(self) -> list[Path]:
+        return [self.root, *(p for p in self.root.rglob("*") if p.is_dir()
+                             and not p.is_symlink())]
+
+    def _run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                self.step_safely()
+                time.sleep(self.rng.uniform(0, 0.01))
+        except BaseException as exc:
+            self.error = exc
+
+    def step_safely(self) -> None:
+        """One step; the races of a random writer with itself (a name taken, a directory
+        not empty) are part of the game."""
+        try:
+            self.step()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.EEXIST, errno.EISDIR, errno.ENOTDIR,
+                                 errno.ENOTEMPTY):
+                raise
+        self.operations += 1
+
+    def step(self) -> None:
+        rng = self.rng
+        op = rng.choices(["create", "append", "overwrite", "truncate", "rename", "delete",
+                          "mkdir", "symlink", "rmdir"], [6, 6, 8, 2, 3, 2, 2, 1, 1])[0]
+        files = self._files()
+        dirs = self._dirs()
+        if op == "create" or not files:
+            path = rng.choice(dirs) / f"f{rng.randrange(10**6)}"
+            path.write_bytes(rng.randbytes(rng.choice([0, 10, 4096, 70_000, 300_000])))
+        elif op == "append":
+            with open(rng.choice(files), "ab") as f:
+                f.write(rng.randbytes(rng.randrange(1, 50_000)))
+        elif op == "overwrite":
+            path = rng.choice(files)
+            size = path.stat().st_size
+            with open(path, "r+b") as f:
+                f.seek(rng.randrange(0, size + 1))
+                f.write(rng.randbytes(rng.randrange(1, 20_000)))
+        elif op == "truncate":
+            path = rng.choice(files)
+            os.truncate(path, rng.randrange(0, path.stat().st_size + 1))
+        elif op == "rename":
+            source = rng.choice(files + dirs[1:])
+            target = rng.choice(dirs) / f"r{rng.randrange(10**6)}"
+            if target.is_relative_to(source):
+                return
+            source.rename(target)
+        elif op == "delete":
+            rng.choice(files).unlink()
+        elif op == "mkdir":
+            (rng.choice(dirs) / f"d{rng.randrange(10**6)}").mkdir()
+        elif op == "symlink":
+            (rng.choice(dirs) / f"l{rng.randrange(10**6)}").symlink_to(
+                f"target-{rng.randrange(100)}")
+        elif op == "rmdir" and len(dirs) > 1:
+            rng.choice(dirs[1:]).rmdir()
+
+
+def test_changes_reach_the_replica_within_a_second(
+        linked: tuple[EngineProcess, EngineProcess, Proxy], tmp_path: Path) -> None:
+    alpha, _beta, _ = linked
+    master, replica = tmp_path / "m", tmp_path / "r"
+    master.mkdir()
+    (master / "before.txt").write_text("written before the scenario started\n")
+    start_live(alpha, tmp_path, master, replica)
+    assert (replica / "before.txt").read_text() == "written before the scenario started\n"
+    started = time.monotonic()
+    (master / "new.txt").write_text("hello\n")
+    wait_for(lambda: (replica / "new.txt").exists()
+             and (replica / "new.txt").read_text() == "hello\n", 5, "new.txt on the replica")
+    assert time.monotonic() - started < 2.0
+    (master / "dir" / "sub").mkdir(parents=True)
+    (master / "dir" / "sub" / "deep.bin").write_bytes(os.urandom(200_000))
+    (master / "before.txt").rename(master / "dir" / "moved.txt")
+    os.symlink("moved.txt", master / "dir" / "link")
+    os.chmod(master / "new.txt", 0o600)
+    wait_for(lambda: caught_up(alpha), 20, "the replica to catch up")
+    assert_trees_equal(master, replica)
+    events = {e["code"] for e in alpha.events("live")}
+    assert {"SB2201", "SB2202"} <= events
+
+
+def test_only_changed_blocks_travel(linked: tuple[EngineProcess, EngineProcess, Proxy],
+                                    tmp_path: Path) -> None:
+    alpha, _, _ = linked
+    master, replica = tmp_path / "m", tmp_path / "r"
+    master.mkdir()
+    big = master / "image.bin"
+    big.write_bytes(os.urandom(32 * 1024 * 1024))
+    start_live(alpha, tmp_path, master, replica, extra="[replication]\ncompression = false")
+    before = replication(alpha)["sent_raw_bytes"]
+    with open(big, "r+b") as f:  # two blocks in the middle, one append
+        f.seek(10 * 65536 + 5)
+        f.write(b"x" * 100)
+        f.seek(300 * 65536)
+        f.write(b"y" * 100)
+    with open(big, "ab") as f:
+        f.write(b"z" * 1000)
+    wait_for(lambda: caught_up(alpha), 20, "the replica to catch up")
+    assert_trees_equal(master, replica)
+    sent = replication(alpha)["sent_raw_bytes"] - before
+    assert sent < 4 * 65536 + 64 * 1024, f"{sent} bytes sent for three small changes"
+
+
+def test_random_workload_survives_link_cut_and_kill9(
+        linked: tuple[EngineProcess, EngineProcess, Proxy], tmp_path: Path) -> None:
+    """The core test: a seeded random workload; meanwhile the link is cut and restored, and
+    each engine is killed with SIGKILL and restarted. Once quiet, the trees are equal."""
+    alpha, beta, proxy = linked
+    master, replica = tmp_path / "m", tmp_path / "r"
+    master.mkdir()
+    seed = int(os.environ.get("STANDBY_TEST_SEED", "20261125"))
+    warmup = Workload(master, seed)
+    for _ in range(200):
+        warmup.step_safely()
+    start_live(alpha, tmp_path, master, replica)
+    workload = Workload(master, seed + 1)
+    workload.start()
+    try:
+        time.sleep(2)
+        faults = os.environ.get("FAULTS", "cut,beta,alpha")
+        if "cut" in faults:
+            proxy.cut()
+            time.sleep(2)
+            proxy.restore()
+            time.sleep(2)
+        if "beta" in faults:
+            beta.kill()
+            time.sleep(1)
+            beta.start()
+            time.sleep(2)
+        if "alpha" in faults:
+            alpha.kill()
+            time.sleep(1)
+            alpha.start()
+            time.sleep(3)
+    finally:
+        workload.finish()
+    assert workload.operations > 100
+    wait_for(lambda: caught_up(alpha), 60, "the replica to catch up after the faults")
+    assert_trees_equal(master, replica)
+    codes = [e["code"] for e in alpha.events("live")]
+    assert "SB2203" in codes
+    assert "SB2204" in codes
+    # No full resynchronization after the restarts: only the first one.
+    assert codes.count("SB2101") == 1, codes
+
+
+def test_suspend_spools_and_resume_applies(
+        linked: tuple[EngineProcess, EngineProcess, Proxy], tmp_path: Path) -> None:
+    alpha, beta, _ = linked
+    master, replica = tmp_path / "m", tmp_path / "r"
+    start_live(alpha, tmp_path, master, replica)
+    beta.cli("suspend", "live")
+    (master / "while-suspended.txt").write_text("spooled on the replica\n")
+    (master / "d").mkdir()
+    (master / "d" / "x").write_bytes(os.urandom(100_000))
+    wait_for(lambda: replication(alpha)["durable_seq"] == replication(alpha)["last_seq"]
+             and replication(alpha)["last_seq"] > 0 and replication(alpha)["dirty_paths"] == 0,
+             20, "the replica to hold the changes in its spool")
+    assert not (replica / "while-suspended.txt").exists()
+    status = replication(beta)
+    assert status["suspended"]
+    assert status["backlog_records"] > 0
+    beta.cli("resume", "live")
+    wait_for(lambda: (replica / "while-suspended.txt").exists()
+             and replication(beta)["backlog_records"] == 0, 20, "the backlog to be applied")
+    wait_for(lambda: caught_up(alpha), 20, "the replica to catch up")
+    assert_trees_equal(master, replica)
+    assert {"SB2208", "SB2209"} <= {e["code"] for e in beta.events("live")}
+    assert [e["code"] for e in alpha.events("live")].count("SB2101") == 1
+
+
+def test_spool_over_limit_degrades_and_recovers(
+        linked: tuple[EngineProcess, EngineProcess, Proxy], tmp_path: Path) -> None:
+    alpha, _, proxy = linked
+    master, replica = tmp_path / "m", tmp_path / "r"
+    start_live(alpha, tmp_path, master, replica,
+               extra='[replication]\nspool_max = "64MiB"\ncompression = false')
+    proxy.cut()
+    for i in range(12):  # 96 MiB of changes while the link is down: past the 64 MiB spool
+        (master / f"big{i}.bin").write_bytes(os.urandom(8 * 1024 * 1024))
+    wait_for(lambda: replication(alpha)["phase"] == "degraded", 30, "the degraded phase")
+    (master / "after.txt").write_text("changed while degraded\n")
+    proxy.restore()
+    wait_for(lambda: caught_up(alpha), 90, "the replica to catch up after degrading")
+    assert_trees_equal(master, replica)
+    codes = [e["code"] for e in alpha.events("live")]
+    assert "SB2205" in codes
+    assert "SB2206" in codes
+    assert codes.count("SB2101") == 1  # recovered without a full resynchronization
+
+
+def test_inotify_overflow_recovers_by_rescan(
+        linked: tuple[EngineProcess, EngineProcess, Proxy], tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to lower fs.inotify.max_queued_events")
+    alpha, _, _ = linked
+    master, replica = tmp_path / "m", tmp_path / "r"
+    limit = Path("/proc/sys/fs/inotify/max_queued_events")
+    original = limit.read_text()
+    alpha.stop()
+    limit.write_text("32\n")  # taken when the engine's watcher is created
+    try:
+        alpha.start()
+        start_live(alpha, tmp_path, master, replica)
+    finally:
+        limit.write_text(original)
+    for i in range(500):  # far more events than the queue holds
+        (master / f"file{i}.txt").write_text(f"{i}\n" * 10)
+    wait_for(lambda: caught_up(alpha), 60, "the replica to catch up after a rescan")
+    assert_trees_equal(master, replica)
+    assert "SB2207" in {e["code"] for e in alpha.events("live")}
+
+
+def test_assessment_mode_sends_nothing_and_reports(
+        linked: tuple[EngineProcess, EngineProcess, Proxy], tmp_path: Path) -> None:
+    alpha, _, _ = linked
+    master, replica = tmp_path / "m", tmp_path / "r"
+    master.mkdir()
+    (master / "existing.bin").write_bytes(os.urandom(1_000_000))
+    scenario = write_scenario(tmp_path / "assess.toml", "assess", "alpha", "beta",
+                              [(master, replica)],
+                              extra='[replication]\nmode = "assessment"\nsample_seconds = 2')
+    alpha.cli("scenario", "add", str(scenario))
+    alpha.cli("scenario", "start", "assess")
+    wait_for(lambda: replication(alpha, "assess").get("phase") == "assessing", 30, "assessing")
+    (master / "new.txt").write_bytes(b"a" * 500_000)  # compresses well
+    with open(master / "existing.bin", "r+b") as f:
+        f.write(os.urandom(65536))
+    wait_for(lambda: any(e["code"] == "SB2213" for e in alpha.events("assess"))
+             and alpha.api("GET", "/v1/scenarios/assess/report", expect=None).get(
+                 "changed_bytes", 0) > 0, 30, "an assessment sample")
+    report = alpha.api("GET", "/v1/scenarios/assess/report")
+    assert report["kind"] == "assessment"
+    assert 500_000 + 65536 <= report["changed_bytes"] < 700_000
+    assert report["compressed_bytes"] < report["changed_bytes"]
+    assert report["bandwidth_peak_bytes_s"] > 0
+    assert not replica.exists() or not any(replica.iterdir())  # nothing was sent
+    assert replication(alpha, "assess")["sent_bytes"] == 0

@@ -466,11 +466,11 @@ class MasterReplication:
             records = self.spool.read(seq, 8 * 1024 * 1024)
             if not records:
                 break
-            for seq, data in records:
+            for _, data in records:
                 (record,) = decode_records(data, 1)
                 count += 1
                 self._forget_record(record, now)
-            seq += 1
+            seq = records[-1][0] + 1
         log.info("scenario %s: %d record(s) after the last index commit: their paths are "
                  "compared again", self.name, count)
 

@@ -241,7 +241,9 @@ def test_start_runs_a_job_and_its_report_is_served(client: TestClient, tmp_path:
     (tmp_path / "master" / "a.txt").write_bytes(b"hello\n" * 1000)
     response = client.post("/v1/scenarios/web/start")
     assert response.status_code == 202
-    job = response.json()
+    started = response.json()
+    assert (started["name"], started["state"]) == ("web", "syncing")
+    job = started["job"]
     assert (job["scenario"], job["kind"]) == ("web", "sync")
     assert set(job["progress"]) >= {"phase", "files_done", "files_total", "bytes_done",
                                     "bytes_total", "bytes_sent", "rate_bytes_s", "eta_s"}

@@ -112,6 +112,7 @@ def test_resync_after_edits(engines: tuple[EngineProcess, EngineProcess], tmp_pa
     alpha.cli("scenario", "add", str(scenario_file(tmp_path, master_root, replica_root, method)))
     alpha.cli("scenario", "start", "files")
     assert_trees_equal(master_root, replica_root)
+    alpha.cli("scenario", "stop", "files")  # no real-time replication: the sync does it all
 
     with open(big, "r+b") as f:  # two small in-place edits in a 16 MiB file
         f.seek(3 << 20)
@@ -164,6 +165,7 @@ def test_deletion_guard_keeps_replica(engines: tuple[EngineProcess, EngineProces
     """An empty or missing master root deletes nothing on the replica and says why."""
     alpha, _ = engines
     master_root, replica_root = protect_varied_tree(alpha, tmp_path)
+    alpha.cli("scenario", "stop", "files")  # the synchronization's own guard, alone
     before = sorted(p.name for p in replica_root.iterdir())
 
     master_root.rename(tmp_path / "master-unmounted")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import socket
 import threading
 import time
@@ -30,6 +31,7 @@ from .identity import Identity, fingerprint_of, parse_fingerprint
 from .jobs import Job, JobState
 from .replica_stream import ReplicaTarget
 from .session import PeerFailure, Session
+from .spool_paths import spool_directory
 from .store import Peer, Store
 
 if TYPE_CHECKING:
@@ -304,6 +306,7 @@ class Engine:
             return Reply(ok=True, message="not present", data={})
         if row.role != "replica" or row.document["master"] != peer:
             return Reply(ok=False, message=f"{peer!r} is not the master of {name!r}", data={})
+        self._drop_target(name)
         self.store.remove_scenario(name)
         self.emit(ev.SCENARIO_REMOVED, f"scenario {name} removed by its master {peer} (replica "
                   "files are kept)", name)
@@ -342,8 +345,9 @@ class Engine:
         if role != "master":
             raise EngineError(409, f"scenario {name!r} is replicated here for "
                               f"{scenario.master!r}; remove it on that engine")
-        if self._job_for(name) is not None:
-            raise EngineError(409, f"scenario {name!r} is synchronizing; stop it first")
+        if self._job_for(name) is not None or self.runtime(name) is not None:
+            raise EngineError(409, f"scenario {name!r} is running; stop it first "
+                              f"(`standby scenario stop {name}`)")
         if scenario.replica != self.name:
             try:
                 reply = self.control(scenario.replica, ScenarioRemove(name=name))
@@ -352,8 +356,20 @@ class Engine:
                                   "engines stay in step") from None
             if not reply.ok:
                 raise EngineError(502, f"replica engine refused: {reply.message}")
+        self._drop_target(name)
+        shutil.rmtree(spool_directory(self.home, scenario), ignore_errors=True)
         self.store.remove_scenario(name)
         self.emit(ev.SCENARIO_REMOVED, f"scenario {name} removed (replica files are kept)", name)
+
+    def _drop_target(self, name: str) -> None:
+        """Forget the replica side of a scenario: its state and its spool (what it held is
+        superseded: a scenario added again starts with a synchronization)."""
+        with self._lock:
+            target = self._targets.pop(name, None)
+        if target is not None:
+            target.close()
+        self.store.delete_meta(f"replica-stream:{name}")
+        shutil.rmtree(self.home / "replica-spool" / name, ignore_errors=True)
 
     def start_scenario(self, name: str) -> dict[str, Any]:
         """Start protecting: capture starts, then the initial synchronization runs (unless the
@@ -457,7 +473,7 @@ class Engine:
         the scenario replicates in real time, its runtime runs the synchronization (capture
         goes on meanwhile, and the index is rebuilt after it)."""
         runtime = self.runtime(name)
-        if runtime is not None and hasattr(runtime, "request_sync"):
+        if runtime is not None and getattr(runtime, "capturing", False):
             if method is not None and method not in ("file", "block"):
                 raise EngineError(400, f"method must be 'file' or 'block', got {method!r}")
             job = runtime.request_sync(method, ignore_same_size_time, 10.0)
@@ -506,7 +522,7 @@ class Engine:
             self.store.update_scenario(job.scenario, stats=stats)
         if self.runtime(job.scenario) is not None:
             if job.state is JobState.SUCCEEDED:  # the runtime goes on: replication
-                self.store.update_scenario(job.scenario, state="running")
+                self.store.update_scenario(job.scenario, state="running", consistent=True)
             return
         if job.state is JobState.SUCCEEDED:
             self.store.update_scenario(job.scenario, state="running", consistent=True)

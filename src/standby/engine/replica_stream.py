@@ -41,6 +41,7 @@ from ..protocol import (
 from . import events as ev
 from .apply import Applier
 from .session import Session
+from .store import ScenarioRow
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -51,6 +52,15 @@ log = logging.getLogger("standby.replica")
 FLUSH_INTERVAL = 1.0
 #: Records read from the replica's spool at a time when applying a backlog.
 DRAIN_BYTES = 8 * 1024 * 1024
+
+
+def replicated_here(engine_name: str, row: ScenarioRow, peer: str) -> bool:
+    """Whether this engine is the replica of the scenario ``row`` and ``peer`` its master
+    (one engine may also replicate between two of its own roots)."""
+    document = row.document
+    if row.role == "replica":
+        return bool(document["master"] == peer)
+    return bool(document["master"] == document["replica"] == peer == engine_name)
 
 
 class ReplicaTarget:
@@ -84,7 +94,7 @@ class ReplicaTarget:
 
     def _scenario(self) -> Scenario:
         row = self.engine.store.scenario(self.name)
-        if row is None or row.role != "replica":
+        if row is None or not replicated_here(self.engine.name, row, row.document["master"]):
             raise RemoteProtocolError(f"scenario {self.name!r} is not replicated here")
         return parse_document(row.document, f"scenario {self.name!r}")
 
@@ -255,7 +265,7 @@ class ReplicaStream:
         begin = self.session.expect(ReplicateBegin)
         self.scenario_name = begin.scenario
         row = self.engine.store.scenario(begin.scenario)
-        if row is None or row.role != "replica" or row.document["master"] != self.peer:
+        if row is None or not replicated_here(self.engine.name, row, self.peer):
             self.session.fail(ev.PROTOCOL_ERROR.code,
                               f"{self.engine.name} does not replicate scenario "
                               f"{begin.scenario!r} for {self.peer}; add the scenario again")

@@ -32,7 +32,6 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..capture import Changed, Moved, Overflow, Removed, Watcher, WatchError
@@ -64,6 +63,7 @@ from .file_index import STALE, FileIndex, IndexEntry, is_under, parent_of
 from .jobs import Job, JobState
 from .ratelimit import TokenBucket, bandwidth_limit_at
 from .session import PeerFailure, Session
+from .spool_paths import spool_directory
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -528,6 +528,7 @@ class MasterReplication:
                      timeout: float) -> Job | None:
         """Run a synchronization now (``standby sync`` while replicating): the capture thread
         switches to it; returns its job once started."""
+        self._sync_job = None
         self._sync_known.clear()
         self._sync_request = (method, ignore_same_size_time)
         return self.wait_for_sync_job(timeout)
@@ -535,8 +536,12 @@ class MasterReplication:
     def wait_for_sync_job(self, timeout: float) -> Job | None:
         """The synchronization job this runtime started, or None when none was needed."""
         self._sync_known.wait(timeout)
-        job = self._sync_job
-        return job if job is not None and job.state is JobState.RUNNING else None
+        return self._sync_job
+
+    @property
+    def capturing(self) -> bool:
+        """Whether the capture thread runs (it stops for good when capture fails)."""
+        return bool(self._threads) and self._threads[0].is_alive()
 
     def _initial_sync(self, method: str | None, ignore: bool | None) -> None:
         """Synchronize while capture marks what changes meanwhile; then build the index from
@@ -675,6 +680,8 @@ class MasterReplication:
                              "to send", self.name)
 
     def _link_down(self, reason: str) -> None:
+        if self.stopping:
+            return  # we closed it
         if self.stats.link_up or not hasattr(self, "_told_down"):
             self._told_down = True
             self.stats.link_up = False
@@ -868,8 +875,4 @@ class MasterReplication:
         }
 
 
-def spool_directory(engine_home: Path, scenario: Scenario) -> Path:
-    base = Path(scenario.replication.spool_dir) if scenario.replication.spool_dir \
-        else engine_home / "spool"
-    return base / scenario.name
 

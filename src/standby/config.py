@@ -373,6 +373,12 @@ class Scenario(_Model):
     name: str = Field(pattern=NAME_PATTERN)
     master: str = Field(pattern=NAME_PATTERN)
     replica: str = Field(pattern=NAME_PATTERN)
+    #: Further replica engines (fan-out): each receives the same roots at the same replica
+    #: paths, from the same stream.
+    replicas: tuple[Annotated[str, Field(pattern=NAME_PATTERN)], ...] = ()
+    #: Engines the first replica forwards to (cascade): it replicates what it receives to
+    #: them, as the master of a derived scenario named "<name>.cascade".
+    cascade: tuple[Annotated[str, Field(pattern=NAME_PATTERN)], ...] = ()
     description: str = ""
     roots: tuple[Root, ...] = Field(min_length=1)
     sync: SyncOptions = SyncOptions()
@@ -396,6 +402,30 @@ class Scenario(_Model):
                     f"({root.master!r}, {root.replica!r})"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _distinct_replicas(self) -> Scenario:
+        seen = {self.master, self.replica}
+        for name in (*self.replicas, *self.cascade):
+            if name in seen:
+                raise ValueError(f"{name!r} appears twice among the master, the replicas and "
+                                 "the cascade")
+            seen.add(name)
+        return self
+
+    def cascaded(self) -> Scenario:
+        """The scenario the first replica runs as master to forward to the cascade."""
+        return self.model_copy(update={
+            "name": f"{self.name}.cascade"[:63], "master": self.replica,
+            "replica": self.cascade[0], "replicas": self.cascade[1:], "cascade": (),
+            "roots": tuple(root.model_copy(update={"master": root.replica})
+                           for root in self.roots),
+            "description": f"forwarding of {self.name} from {self.replica}"})
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Every replica engine: ``replica`` first, then the fan-out ones."""
+        return (self.replica, *self.replicas)
 
     def document(self) -> dict[str, Any]:
         """Plain data for storage and for the wire; :func:`parse_document` reads it back."""

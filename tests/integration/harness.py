@@ -23,7 +23,12 @@ STANDBY = [sys.executable, "-m", "standby.cli.main"]
 class EngineProcess:
     """One `standby engine` process."""
 
-    def __init__(self, home: Path, name: str, log_dir: Path) -> None:
+    def __init__(self, home: Path, name: str, log_dir: Path,
+                 bind: tuple[Path, Path] | None = None) -> None:
+        """``bind=(source, target)``: run the engine in its own mount namespace where
+        ``source`` is mounted on ``target``, so that several engines on this one machine can
+        each have their own directory at one configured path (as separate hosts would)."""
+        self.bind = bind
         self.home = home
         self.name = name
         self.log_path = log_dir / f"{name}.log"
@@ -37,9 +42,17 @@ class EngineProcess:
     def start(self, timeout: float = 30.0) -> None:
         (self.home / "engine.json").unlink(missing_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        command = [*STANDBY, "--home", str(self.home), "engine", "--name", self.name,
+                   "--listen", f"127.0.0.1:{self.listen_port}", "--api", "127.0.0.1:0"]
+        if self.bind is not None:
+            source, target = self.bind
+            source.mkdir(parents=True, exist_ok=True)
+            target.mkdir(parents=True, exist_ok=True)
+            command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                       'mount --bind "$0" "$1" && shift && exec "$@"', str(source),
+                       str(target), *command]
         self.proc = subprocess.Popen(
-            [*STANDBY, "--home", str(self.home), "engine", "--name", self.name,
-             "--listen", f"127.0.0.1:{self.listen_port}", "--api", "127.0.0.1:0"],
+            command,
             stdout=log, stderr=subprocess.STDOUT, env={"STANDBY_LOG_LEVEL": "INFO", **os.environ})
         deadline = time.monotonic() + timeout
         path = self.home / "engine.json"

@@ -343,3 +343,106 @@ def test_assessment_mode_sends_nothing_and_reports(
     assert report["bandwidth_peak_bytes_s"] > 0
     assert not replica.exists() or not any(replica.iterdir())  # nothing was sent
     assert replication(alpha, "assess")["sent_bytes"] == 0
+
+
+@pytest.fixture
+def trio(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[
+        tuple[EngineProcess, EngineProcess, EngineProcess]]:
+    """alpha, beta and gamma, each paired with the two others. gamma runs in its own mount
+    namespace where tmp_path/gamma-disk is mounted on tmp_path/r: a replica path that is its
+    own on gamma, as on a separate host."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the third engine runs in its own mount namespace")
+    engines = [EngineProcess(tmp_path / "alpha-home", "alpha", tmp_path),
+               EngineProcess(tmp_path / "beta-home", "beta", tmp_path),
+               EngineProcess(tmp_path / "gamma-home", "gamma", tmp_path,
+                             bind=(tmp_path / "gamma-disk", tmp_path / "r"))]
+    started: list[EngineProcess] = []
+    try:
+        for engine in engines:
+            engine.start()
+            started.append(engine)
+        for a in engines:
+            for b in engines:
+                if a is not b:
+                    a.cli("peer", "add", b.name, b.peer_address, b.fingerprint)
+        yield engines[0], engines[1], engines[2]
+    finally:
+        for engine in started:
+            engine.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            for engine in started:
+                print(f"----- log of {engine.name} -----\n{engine.log()[-20000:]}")
+
+
+def test_fan_out_to_two_replicas(trio: tuple[EngineProcess, EngineProcess, EngineProcess],
+                                 tmp_path: Path) -> None:
+    """One master, two replicas: both receive the same stream; each is acknowledged apart."""
+    alpha, beta, gamma = trio
+    master, replica = tmp_path / "m", tmp_path / "r"
+    master.mkdir()
+    (master / "before.bin").write_bytes(os.urandom(300_000))
+    scenario = write_scenario(tmp_path / "fan.toml", "fan", "alpha", "beta",
+                              [(master, replica)], extra='replicas = ["gamma"]')
+    alpha.cli("scenario", "add", str(scenario))
+    alpha.cli("scenario", "start", "fan")
+    wait_for(lambda: replication(alpha, "fan").get("phase") == "replicating", 60, "fan-out")
+    workload = Workload(master, 7)
+    for _ in range(150):
+        workload.step_safely()
+    wait_for(lambda: caught_up(alpha, "fan"), 30, "both replicas to catch up")
+    assert_trees_equal(master, replica)  # beta's
+    assert_trees_equal(master, tmp_path / "gamma-disk")  # gamma's, at the same path there
+    status = replication(alpha, "fan")
+    assert set(status["links"]) == {"beta", "gamma"}
+    for link in status["links"].values():
+        assert link["durable_seq"] == status["last_seq"] > 0
+        assert link["sent_raw_bytes"] > 0
+    assert set(status["hosts"]) == {"alpha", "beta", "gamma"}
+    for engine in (beta, gamma):
+        assert replication(engine, "fan")["durable_seq"] == status["last_seq"]
+
+
+def test_cascade_forwards_to_a_further_replica(
+        trio: tuple[EngineProcess, EngineProcess, EngineProcess], tmp_path: Path) -> None:
+    """alpha -> beta -> gamma: beta forwards what it applies."""
+    alpha, beta, gamma = trio
+    master, middle = tmp_path / "m", tmp_path / "r"  # gamma has its own disk at r
+    master.mkdir()
+    (master / "before.txt").write_text("before\n")
+    scenario = write_scenario(tmp_path / "chain.toml", "chain", "alpha", "beta",
+                              [(master, middle)], extra='cascade = ["gamma"]')
+    alpha.cli("scenario", "add", str(scenario))
+    assert beta.api("GET", "/v1/scenarios/chain.cascade")["replica"] == "gamma"
+    alpha.cli("scenario", "start", "chain")
+    wait_for(lambda: replication(alpha, "chain").get("phase") == "replicating", 60, "chain")
+    wait_for(lambda: replication(beta, "chain.cascade").get("phase") == "replicating", 60,
+             "the cascade")
+    workload = Workload(master, 9)
+    for _ in range(100):
+        workload.step_safely()
+    wait_for(lambda: caught_up(alpha, "chain"), 30, "beta to catch up")
+    wait_for(lambda: caught_up(beta, "chain.cascade"), 30, "gamma to catch up")
+    assert_trees_equal(master, middle)
+    assert_trees_equal(master, tmp_path / "gamma-disk")
+    (status,) = gamma.api("GET", "/v1/status/chain.cascade")
+    assert status["role"] == "replica"
+    assert replication(gamma, "chain.cascade")["durable_seq"] > 0
+
+
+def test_bandwidth_limit_holds(linked: tuple[EngineProcess, EngineProcess, Proxy],
+                               tmp_path: Path) -> None:
+    alpha, _, _ = linked
+    master, replica = tmp_path / "m", tmp_path / "r"
+    start_live(alpha, tmp_path, master, replica,
+               extra='[replication]\nbandwidth_limit = "2MiB"\ncompression = false')
+    started = time.monotonic()
+    (master / "burst.bin").write_bytes(os.urandom(6 * 1024 * 1024))
+    wait_for(lambda: caught_up(alpha) and (replica / "burst.bin").exists()
+             and (replica / "burst.bin").stat().st_size == 6 * 1024 * 1024, 30, "the burst")
+    elapsed = time.monotonic() - started
+    # 6 MiB at 2 MiB/s, less a 0.5 MiB burst and one 0.5 MiB batch let through in debt: at
+    # least 2.5 s; unlimited, it takes a fraction of a second on loopback.
+    assert elapsed >= 2.3, elapsed
+    assert_trees_equal(master, replica)

@@ -242,6 +242,9 @@ class Engine:
             scenario = parse_scenario(text, source)
         except ConfigError as exc:
             raise EngineError(400, str(exc)) from None
+        return self._add_scenario(scenario, source)
+
+    def _add_scenario(self, scenario: Scenario, source: str) -> dict[str, Any]:
         if scenario.master != self.name:
             raise EngineError(400, f"{source}: master: this engine is {self.name!r}; add the "
                               f"scenario on its master engine {scenario.master!r}")
@@ -251,14 +254,15 @@ class Engine:
                               "this engine replicates for another master")
         if existing is not None and existing.state in ("syncing",):
             raise EngineError(409, f"scenario {scenario.name!r} is synchronizing; stop it first")
-        if scenario.replica != self.name:
-            reply = self.control(scenario.replica, ScenarioPut(
-                name=scenario.name, document=scenario.document()))
-            if not reply.ok:
-                raise EngineError(502, f"replica engine {scenario.replica!r} refused the "
-                                  f"scenario: {reply.message}")
-        else:
-            self._prepare_replica_roots(scenario)
+        for target in scenario.targets:
+            if target != self.name:
+                reply = self.control(target, ScenarioPut(
+                    name=scenario.name, document=scenario.document()))
+                if not reply.ok:
+                    raise EngineError(502, f"replica engine {target!r} refused the "
+                                      f"scenario: {reply.message}")
+            else:
+                self._prepare_replica_roots(scenario)
         self.store.put_scenario(scenario.name, "master", scenario.document(), "stopped")
         self.emit(ev.SCENARIO_ADDED, f"scenario {scenario.name} added ({len(scenario.roots)} "
                   f"root(s), {scenario.master} -> {scenario.replica})", scenario.name)
@@ -273,9 +277,9 @@ class Engine:
         if scenario.name != message.name or scenario.master != peer:
             return Reply(ok=False, message=f"engine {peer!r} may only send scenarios it is the "
                          "master of", data={})
-        if scenario.replica != self.name:
-            return Reply(ok=False, message=f"this engine is {self.name!r}, not the scenario's "
-                         f"replica {scenario.replica!r}", data={})
+        if self.name not in scenario.targets:
+            return Reply(ok=False, message=f"this engine is {self.name!r}, not one of the "
+                         f"scenario's replicas {', '.join(scenario.targets)}", data={})
         existing = self.store.scenario(scenario.name)
         if existing is not None and existing.role == "master":
             return Reply(ok=False, message=f"{scenario.name!r} is a scenario this engine is the "
@@ -284,11 +288,26 @@ class Engine:
             self._prepare_replica_roots(scenario)
         except EngineError as exc:
             return Reply(ok=False, message=exc.message, data={})
+        if scenario.cascade and scenario.replica == self.name:
+            try:  # forward to the cascade: as master of a derived scenario
+                self._start_cascade(scenario)
+            except EngineError as exc:
+                return Reply(ok=False, message=f"cascade to {', '.join(scenario.cascade)}: "
+                             f"{exc.message}", data={})
         self.store.put_scenario(scenario.name, "replica", scenario.document(),
                                 existing.state if existing else "stopped")
         self.emit(ev.SCENARIO_RECEIVED, f"scenario {scenario.name} received from {peer}",
                   scenario.name)
         return Reply(ok=True, message="stored", data={})
+
+    def _start_cascade(self, scenario: Scenario) -> None:
+        """Add (or update) and start the derived scenario that forwards ``scenario`` from this
+        replica to the cascade engines: changes applied here are captured and sent on."""
+        derived = scenario.cascaded()
+        if self.runtime(derived.name) is not None:
+            self.stop_scenario(derived.name)
+        self._add_scenario(derived, f"cascade of {scenario.name}")
+        self.start_scenario(derived.name)
 
     def _prepare_replica_roots(self, scenario: Scenario) -> None:
         for root in scenario.roots:
@@ -306,6 +325,14 @@ class Engine:
             return Reply(ok=True, message="not present", data={})
         if row.role != "replica" or row.document["master"] != peer:
             return Reply(ok=False, message=f"{peer!r} is not the master of {name!r}", data={})
+        derived = f"{name}.cascade"[:63]
+        if self.store.scenario(derived) is not None:
+            try:
+                if self.runtime(derived) is not None:
+                    self.stop_scenario(derived)
+                self.remove_scenario(derived)
+            except EngineError as exc:
+                return Reply(ok=False, message=f"cascade {derived}: {exc.message}", data={})
         self._drop_target(name)
         self.store.remove_scenario(name)
         self.emit(ev.SCENARIO_REMOVED, f"scenario {name} removed by its master {peer} (replica "
@@ -348,14 +375,16 @@ class Engine:
         if self._job_for(name) is not None or self.runtime(name) is not None:
             raise EngineError(409, f"scenario {name!r} is running; stop it first "
                               f"(`standby scenario stop {name}`)")
-        if scenario.replica != self.name:
+        for target in scenario.targets:
+            if target == self.name:
+                continue
             try:
-                reply = self.control(scenario.replica, ScenarioRemove(name=name))
+                reply = self.control(target, ScenarioRemove(name=name))
             except EngineError as exc:
-                raise EngineError(502, f"{exc.message}; the scenario is kept so that both "
+                raise EngineError(502, f"{exc.message}; the scenario is kept so that the "
                                   "engines stay in step") from None
             if not reply.ok:
-                raise EngineError(502, f"replica engine refused: {reply.message}")
+                raise EngineError(502, f"replica engine {target} refused: {reply.message}")
         self._drop_target(name)
         shutil.rmtree(spool_directory(self.home, scenario), ignore_errors=True)
         self.store.remove_scenario(name)
@@ -484,11 +513,17 @@ class Engine:
         return self.start_sync_job(name, method, ignore_same_size_time)
 
     def start_sync_job(self, name: str, method: str | None,
-                       ignore_same_size_time: bool | None) -> dict[str, Any]:
-        """Start the synchronization job itself (the runtime's way in)."""
+                       ignore_same_size_time: bool | None,
+                       target: str | None = None) -> dict[str, Any]:
+        """Start the synchronization job itself (the runtime's way in); ``target``: one of
+        the scenario's replica engines (default: its first)."""
         from .sync_master import MasterSync  # import here: sync_master imports this module
 
         scenario, role = self._scenario(name)
+        if target is not None and target != scenario.replica:
+            if target not in scenario.targets:
+                raise EngineError(400, f"{target!r} is not a replica of scenario {name!r}")
+            scenario = scenario.model_copy(update={"replica": target})
         self._require_master(name, role, scenario)
         if method is not None and method not in ("file", "block"):
             raise EngineError(400, f"method must be 'file' or 'block', got {method!r}")

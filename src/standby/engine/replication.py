@@ -31,7 +31,7 @@ import select
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..capture import Changed, Moved, Overflow, Removed, Watcher, WatchError
@@ -102,18 +102,39 @@ class _Dirty:
 
 
 @dataclass(slots=True)
+class _Link:
+    """The state of the stream to one replica (fan-out: one per replica engine)."""
+
+    replica: str
+    bucket: TokenBucket
+    up: bool = False
+    told_down: bool = False
+    received_seq: int = 0
+    durable_seq: int = 0
+    sent_records: int = 0
+    sent_bytes: int = 0  # on the wire, after compression
+    total_raw: int = 0  # before compression, since the runtime started
+    acked_records: int = 0
+    acked_bytes: int = 0
+    sent_raw: int = 0  # raw bytes sent on the current connection...
+    acked_raw: int = 0  # ... and of those, acknowledged as durable
+    sent: deque[tuple[int, int]] = field(default_factory=deque)  # (last seq, sent_raw)
+
+    def status(self) -> dict[str, Any]:
+        return {"link_up": self.up, "received_seq": self.received_seq,
+                "durable_seq": self.durable_seq, "sent_records": self.sent_records,
+                "sent_bytes": self.sent_bytes, "sent_raw_bytes": self.total_raw,
+                "acknowledged_records": self.acked_records,
+                "acknowledged_bytes": self.acked_bytes}
+
+
+@dataclass(slots=True)
 class Stats:
-    """Counters of one runtime (plain ints: a torn read by the API is harmless)."""
+    """Counters of the capture side (plain ints: a torn read by the API is harmless)."""
 
     changed_files: int = 0
     changed_bytes: int = 0
-    sent_records: int = 0
-    sent_bytes: int = 0  # on the wire (after compression)
-    sent_raw_bytes: int = 0
-    acked_records: int = 0
-    acked_bytes: int = 0
     rescans: int = 0
-    link_up: bool = False
 
 
 class MasterReplication:
@@ -144,8 +165,7 @@ class MasterReplication:
         self._pending_bytes = 0
         self._appended: deque[tuple[int, float]] = deque()  # (last seq of an append, time)
         self._ack_cond = threading.Condition()
-        self.received_seq = 0
-        self.durable_seq = 0
+        self.links = [_Link(replica, TokenBucket(None)) for replica in scenario.targets]
         self._synchronized_seq: int | None = None  # SB2202 once acknowledged up to here
         self._throughput: deque[tuple[float, int]] = deque()
         self._window = self.options.aggregate_ms / 1000.0
@@ -165,8 +185,9 @@ class MasterReplication:
         self._threads = [threading.Thread(target=self._capture_main, name=f"capture-{self.name}",
                                           daemon=True)]
         if self.options.mode == "online":
-            self._threads.append(threading.Thread(target=self._sender_main,
-                                                  name=f"sender-{self.name}", daemon=True))
+            self._threads += [threading.Thread(target=self._sender_main, args=(link,),
+                                               name=f"sender-{self.name}-{link.replica}",
+                                               daemon=True) for link in self.links]
         for thread in self._threads:
             thread.start()
 
@@ -197,8 +218,9 @@ class MasterReplication:
                 self._watchers.append(watcher)
             if self.options.mode == "assessment":
                 self._assessment_start()
-            elif not self.index.valid:
-                self._initial_sync(None, None)
+            elif not self.index.valid or \
+                    self.index.get_meta("targets") != ",".join(self.scenario.targets):
+                self._initial_sync(None, None)  # first start, or the replicas changed
             else:
                 self._sync_known.set()
                 self.phase = "rescanning"
@@ -428,7 +450,7 @@ class MasterReplication:
 
     def _periodic(self) -> None:
         now = time.time()
-        self._throughput.append((now, self.stats.sent_bytes))
+        self._throughput.append((now, sum(link.sent_bytes for link in self.links)))
         while self._throughput and self._throughput[0][0] < now - THROUGHPUT_WINDOW:
             self._throughput.popleft()
         if self.phase == "degraded" and \
@@ -546,11 +568,13 @@ class MasterReplication:
     def _initial_sync(self, method: str | None, ignore: bool | None) -> None:
         """Synchronize while capture marks what changes meanwhile; then build the index from
         every file that did not change since capture started."""
-        while not self.stopping:
-            self.phase = "syncing"
-            self.index.clear()
+        self.phase = "syncing"
+        self.index.clear()
+        pending = list(self.scenario.targets)  # fan-out: one synchronization per replica
+        while pending and not self.stopping:
             try:
-                job_id = self.engine.start_sync_job(self.name, method, ignore)["id"]
+                job_id = self.engine.start_sync_job(self.name, method, ignore,
+                                                    target=pending[0])["id"]
             except Exception as exc:  # EngineError: a sync already runs, a peer is down
                 log.info("scenario %s: synchronization not started: %s", self.name, exc)
                 self._sync_known.set()
@@ -564,7 +588,8 @@ class MasterReplication:
                     job.cancel()
             self._drain_events()
             if job.state is JobState.SUCCEEDED:
-                break
+                pending.pop(0)
+                continue
             if job.state is JobState.CANCELLED:
                 self._stop.set()
                 return
@@ -575,6 +600,7 @@ class MasterReplication:
         self.phase = "indexing"
         for number in range(len(self.builders)):
             self._build_index(number)
+        self.index.set_meta("targets", ",".join(self.scenario.targets))
         self.index.mark_valid()
         self.index.commit(self.spool.last_seq)
         self._committed_seq = self.spool.last_seq
@@ -645,61 +671,63 @@ class MasterReplication:
 
     # --- sender ---------------------------------------------------------------------------------
 
-    def _sender_main(self) -> None:
+    def _sender_main(self, link: _Link) -> None:
+        """Keep one replica's link up and stream to it (one thread per replica)."""
         backoff = BACKOFF_MIN
-        bucket = TokenBucket(None)
         while not self.stopping:
             if self.phase not in ("replicating", "degraded", "rescanning"):
                 self._stop.wait(0.1)
                 continue
             try:
-                session = self.engine.open_session(self.scenario.replica, "replicate")
+                session = self.engine.open_session(link.replica, "replicate")
             except Exception as exc:  # EngineError: unreachable, refused
-                self._link_down(str(exc))
+                self._link_down(link, str(exc))
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
             try:
                 session.send(ReplicateBegin(scenario=self.name, base_seq=self.spool.base_seq))
                 ready = session.expect(ReplicateReady)
-                self._link_up()
+                self._link_up(link)
                 backoff = BACKOFF_MIN
-                self._stream(session, ready, bucket)
+                self._stream(link, session, ready)
             except (LinkError, OSError, PeerFailure, ProtocolError) as exc:
-                self._link_down(str(exc))
+                self._link_down(link, str(exc))
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
             finally:
                 session.close()
 
-    def _link_up(self) -> None:
-        if not self.stats.link_up:
-            self.stats.link_up = True
+    def _link_up(self, link: _Link) -> None:
+        if not link.up:
+            link.up = True
             self.engine.emit(ev.LINK_RESTORED, f"scenario {self.name}: connected to "
-                             f"{self.scenario.replica}; {self.spool.record_count} record(s) "
-                             "to send", self.name)
+                             f"{link.replica}; {self.spool.last_seq - link.durable_seq} "
+                             "record(s) to send", self.name)
 
-    def _link_down(self, reason: str) -> None:
+    def _link_down(self, link: _Link, reason: str) -> None:
         if self.stopping:
             return  # we closed it
-        if self.stats.link_up or not hasattr(self, "_told_down"):
-            self._told_down = True
-            self.stats.link_up = False
+        if link.up or not link.told_down:
+            link.told_down = True
+            link.up = False
             self.engine.emit(ev.LINK_LOST, f"scenario {self.name}: replica "
-                             f"{self.scenario.replica}: {reason}", self.name)
+                             f"{link.replica}: {reason}", self.name)
 
-    def _stream(self, session: Session, ready: ReplicateReady, bucket: TokenBucket) -> None:
+    def _stream(self, link: _Link, session: Session, ready: ReplicateReady) -> None:
         if ready.received_seq > self.spool.last_seq:
-            self.engine.emit(ev.REPLICA_AHEAD, f"scenario {self.name}: the replica holds "
-                             f"records up to {ready.received_seq}, the spool ends at "
-                             f"{self.spool.last_seq}", self.name)
-            self.index.clear()
+            self.engine.emit(ev.REPLICA_AHEAD, f"scenario {self.name}: replica {link.replica} "
+                             f"holds records up to {ready.received_seq}, the spool ends at "
+                             f"{self.spool.last_seq}: synchronizing", self.name)
+            self._sync_request = (None, None)
             self._stop.wait(1.0)
             return
-        self._on_ack(ready.received_seq, ready.durable_seq)
+        link.sent.clear()
+        link.sent_raw = link.acked_raw = 0
+        self._on_ack(link, ready.received_seq, ready.durable_seq)
         failure: list[BaseException] = []
-        reader = threading.Thread(target=self._read_acks, args=(session, failure),
-                                  name=f"acks-{self.name}", daemon=True)
+        reader = threading.Thread(target=self._read_acks, args=(link, session, failure),
+                                  name=f"acks-{self.name}-{link.replica}", daemon=True)
         reader.start()
         next_seq = ready.received_seq + 1
         sent_at = time.monotonic()
@@ -709,21 +737,28 @@ class MasterReplication:
                 return
             now = time.monotonic()
             if now - limit_checked > 10.0:
-                bucket.set_rate(bandwidth_limit_at(self.options, datetime.datetime.now()))
+                link.bucket.set_rate(bandwidth_limit_at(self.options, datetime.datetime.now()))
                 limit_checked = now
             with self._ack_cond:
-                if self._in_flight(next_seq) > IN_FLIGHT_BYTES:
+                if link.sent_raw - link.acked_raw > IN_FLIGHT_BYTES:
                     self._ack_cond.wait(0.2)
                     continue
+            # Under a bandwidth limit, batches of about a quarter second at that rate: the
+            # bucket lets one batch pass in debt, so smaller batches keep the rate close.
+            rate = link.bucket.rate
+            batch_bytes = BATCH_BYTES if not rate else int(max(64 * 1024,
+                                                               min(BATCH_BYTES, rate / 4)))
             try:
                 allowed = self._committed_seq - next_seq + 1  # only what the index holds
-                records = self.spool.read(next_seq, BATCH_BYTES, min(allowed, 10_000)) \
+                records = self.spool.read(next_seq, batch_bytes, min(allowed, 10_000)) \
                     if allowed > 0 else []
             except SpoolGap:
-                self.engine.emit(ev.REPLICA_AHEAD, f"scenario {self.name}: the replica needs "
-                                 f"records from {next_seq}, the spool starts after "
-                                 f"{self.spool.base_seq}: synchronizing", self.name)
-                self.index.clear()
+                self.engine.emit(ev.REPLICA_AHEAD, f"scenario {self.name}: replica "
+                                 f"{link.replica} needs records from {next_seq}, the spool "
+                                 f"starts after {self.spool.base_seq}: synchronizing",
+                                 self.name)
+                self._sync_request = (None, None)
+                self._stop.wait(1.0)
                 return
             if not records:
                 if now - sent_at >= HEARTBEAT_INTERVAL:
@@ -735,31 +770,28 @@ class MasterReplication:
             compressed = (compress_batch(raw, self.options.compression_level)
                           if self.options.compression else None)
             payload = raw if compressed is None else compressed
-            bucket.consume(len(payload), self._stop)
+            link.bucket.consume(len(payload), self._stop)
             session.send(Batch(first_seq=records[0][0], count=len(records),
                                compressed=compressed is not None, raw_size=len(raw),
                                payload=payload))
-            self.stats.sent_records += len(records)
-            self.stats.sent_bytes += len(payload)
-            self.stats.sent_raw_bytes += len(raw)
+            with self._ack_cond:
+                link.sent_records += len(records)
+                link.sent_bytes += len(payload)
+                link.sent_raw += len(raw)
+                link.total_raw += len(raw)
+                link.sent.append((records[-1][0], link.sent_raw))
             next_seq = records[-1][0] + 1
             sent_at = now
         if failure:
             raise failure[0]
 
-    def _in_flight(self, next_seq: int) -> int:
-        """Approximate bytes sent but not durable on the replica."""
-        if next_seq - 1 <= self.durable_seq:
-            return 0
-        return self.stats.sent_raw_bytes - self.stats.acked_bytes
-
-    def _read_acks(self, session: Session, failure: list[BaseException]) -> None:
+    def _read_acks(self, link: _Link, session: Session, failure: list[BaseException]) -> None:
         try:
             while not self.stopping:
                 message = session.recv()
                 if isinstance(message, Ack):
-                    self._on_ack(message.received_seq, message.durable_seq)
-                else:
+                    self._on_ack(link, message.received_seq, message.durable_seq)
+                elif not isinstance(message, Heartbeat):
                     raise ProtocolError(f"unexpected {type(message).__name__} from the replica")
         except BaseException as exc:  # the sender re-raises it
             failure.append(exc)
@@ -767,27 +799,31 @@ class MasterReplication:
             with self._ack_cond:
                 self._ack_cond.notify_all()
 
-    def _on_ack(self, received: int, durable: int) -> None:
+    def _on_ack(self, link: _Link, received: int, durable: int) -> None:
         with self._ack_cond:
-            if durable > self.durable_seq:
-                self.stats.acked_records += durable - self.durable_seq
-            self.received_seq = max(self.received_seq, received)
-            self.durable_seq = max(self.durable_seq, durable)
+            if durable > link.durable_seq:
+                link.acked_records += durable - link.durable_seq
+            link.received_seq = max(link.received_seq, received)
+            link.durable_seq = max(link.durable_seq, durable)
+            while link.sent and link.sent[0][0] <= link.durable_seq:
+                _, acked_raw = link.sent.popleft()
+                link.acked_bytes += acked_raw - link.acked_raw
+                link.acked_raw = acked_raw
             self._ack_cond.notify_all()
-        before = self.spool.size_bytes
-        self.spool.trim(min(self.durable_seq, self.spool.last_seq))
-        self.stats.acked_bytes += max(0, before - self.spool.size_bytes)
+            durable_everywhere = min(other.durable_seq for other in self.links)
+        self.spool.trim(min(durable_everywhere, self.spool.last_seq))
         acknowledged = self._acknowledged()
         while self._appended and self._appended[0][0] <= acknowledged:
             self._appended.popleft()
 
     def _acknowledged(self) -> int:
-        """The last change acknowledged at the scenario's level (async, received, durable)."""
+        """The last change every replica acknowledged at the scenario's level (async,
+        received, durable)."""
         if self.options.ack == "async":
             return self.spool.last_seq
         if self.options.ack == "received":
-            return self.received_seq
-        return self.durable_seq
+            return min(link.received_seq for link in self.links)
+        return min(link.durable_seq for link in self.links)
 
     # --- assessment -----------------------------------------------------------------------------
 
@@ -846,6 +882,8 @@ class MasterReplication:
     # --- status ---------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        """Statistics of the scenario as a whole (the slowest replica's positions) and per
+        host: changed on the master; sent to and acknowledged by each replica."""
         now = time.time()
         lag = 0.0
         acknowledged = self._acknowledged()
@@ -858,21 +896,29 @@ class MasterReplication:
         if len(samples) >= 2 and samples[-1][0] > samples[0][0]:
             throughput = (samples[-1][1] - samples[0][1]) / (samples[-1][0] - samples[0][0])
         stats = self.stats
+        links = {link.replica: link.status() for link in self.links}
+        changed_files = sum(b.counters.files for b in self.builders)
+        hosts: dict[str, dict[str, Any]] = {self.scenario.master: {
+            "changed_files": changed_files, "changed_bytes": stats.changed_bytes,
+            "sent_records": sum(link.sent_records for link in self.links),
+            "sent_bytes": sum(link.sent_bytes for link in self.links),
+            "spool_bytes": self.spool.size_bytes}}
+        for link in self.links:
+            hosts.setdefault(link.replica, {}).update(
+                received_records=link.acked_records, received_bytes=link.acked_bytes)
         return {
             "phase": self.phase, "mode": self.options.mode, "ack": self.options.ack,
-            "error": self.error, "link_up": stats.link_up,
-            "last_seq": self.spool.last_seq, "received_seq": self.received_seq,
-            "durable_seq": self.durable_seq, "acknowledged_seq": acknowledged,
+            "error": self.error, "link_up": all(link.up for link in self.links),
+            "last_seq": self.spool.last_seq,
+            "received_seq": min(link.received_seq for link in self.links),
+            "durable_seq": min(link.durable_seq for link in self.links),
+            "acknowledged_seq": acknowledged,
             "spool_bytes": self.spool.size_bytes, "spool_records": self.spool.record_count,
             "dirty_paths": len(self._dirty), "lag_s": round(lag, 3),
             "throughput_bytes_s": round(throughput),
-            "changed_files": sum(b.counters.files for b in self.builders),
-            "changed_bytes": stats.changed_bytes,
-            "sent_records": stats.sent_records, "sent_bytes": stats.sent_bytes,
-            "sent_raw_bytes": stats.sent_raw_bytes,
-            "acknowledged_records": stats.acked_records,
-            "acknowledged_bytes": stats.acked_bytes, "rescans": stats.rescans,
+            "changed_files": changed_files, "changed_bytes": stats.changed_bytes,
+            "sent_records": hosts[self.scenario.master]["sent_records"],
+            "sent_bytes": hosts[self.scenario.master]["sent_bytes"],
+            "sent_raw_bytes": sum(link.total_raw for link in self.links),
+            "rescans": stats.rescans, "links": links, "hosts": hosts,
         }
-
-
-

@@ -159,7 +159,8 @@ class ReplicaSync:
         reason = None
         if row is None:
             reason = f"this engine has no scenario {begin.scenario!r}"
-        elif row.document["replica"] != self.engine.name or row.document["master"] != self.peer:
+        elif self.engine.name not in (row.document["replica"], *row.document.get("replicas", ())) \
+                or row.document["master"] != self.peer:
             reason = (f"scenario {begin.scenario!r} does not replicate from {self.peer!r} to "
                       f"{self.engine.name!r}")
         elif not 0 <= begin.root < len(row.document["roots"]):

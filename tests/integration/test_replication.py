@@ -446,3 +446,23 @@ def test_bandwidth_limit_holds(linked: tuple[EngineProcess, EngineProcess, Proxy
     # least 2.5 s; unlimited, it takes a fraction of a second on loopback.
     assert elapsed >= 2.3, elapsed
     assert_trees_equal(master, replica)
+
+
+def test_rescan_of_an_empty_root_deletes_nothing(
+        linked: tuple[EngineProcess, EngineProcess, Proxy], tmp_path: Path) -> None:
+    """The master's root comes back empty after a restart (an unmounted disk): the rescan
+    must not turn that into deletions on the replica."""
+    alpha, _, _ = linked
+    master, replica = tmp_path / "m", tmp_path / "r"
+    master.mkdir()
+    for i in range(5):
+        (master / f"f{i}.txt").write_text(f"{i}\n")
+    start_live(alpha, tmp_path, master, replica)
+    alpha.stop()
+    master.rename(tmp_path / "m-unmounted")
+    master.mkdir()  # the empty mount point
+    alpha.start()
+    wait_for(lambda: replication(alpha).get("phase") == "failed", 30, "capture to stop")
+    assert sorted(p.name for p in replica.iterdir()) == [f"f{i}.txt" for i in range(5)]
+    codes = {e["code"] for e in alpha.events("live")}
+    assert {"SB2104", "SB2212"} <= codes

@@ -413,8 +413,12 @@ class Engine:
         scenario, role = self._scenario(name)
         self._require_master(name, role, scenario)
         with self._lock:
-            if name in self._runtimes:
+            old = self._runtimes.get(name)
+            if old is not None and getattr(old, "capturing", True):
                 raise EngineError(409, f"scenario {name!r} is already running")
+            self._runtimes.pop(name, None)
+        if old is not None:  # its capture failed (see events): start afresh
+            old.stop()
         runtime: MasterReplication | ScheduledSync
         try:
             if scenario.replication.mode == "scheduled":

@@ -530,6 +530,16 @@ class MasterReplication:
             self._capture_failed(f"cannot list {root.master}: {exc}")
             self._stop.set()
             return
+        if not listing and len(builder.index) > 1:
+            # The sync's deletion guard, for rescans: an empty root where the replica holds
+            # files is more likely an unmounted disk than a deliberate deletion (which arrives
+            # as notifications, one path at a time, and is replicated).
+            self.engine.emit(ev.DELETION_GUARD, f"scenario {self.name}: {root.master} is empty "
+                             f"but the replica holds {len(builder.index) - 1} entries; nothing "
+                             "deleted, replication stopped", self.name)
+            self._capture_failed(f"{root.master} is empty (deletion guard)")
+            self._stop.set()
+            return
         now = time.monotonic()
         seen = set()
         for item in listing:

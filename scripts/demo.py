@@ -75,6 +75,19 @@ def make_sample(root: Path, image_mib: int) -> None:
             f.write(rng.randbytes(1 << 20))
 
 
+def wait_caught_up(home: Path, timeout: float = 30.0) -> None:
+    """Until the master's spool is acknowledged and no change waits to be looked at."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        (status,) = json.loads(run(home, "status", "demo", "--json", capture=True))
+        r = status.get("replication") or {}
+        if r.get("dirty_paths") == 0 and r.get("spool_records") == 0 \
+                and r.get("durable_seq") == r.get("last_seq"):
+            return
+        time.sleep(0.1)
+    raise SystemExit("the replica did not catch up within 30 s; see the engine logs")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -114,15 +127,27 @@ def main() -> int:
         run(homes["alpha"], "scenario", "start", "demo")
         run(homes["alpha"], "report", "demo")
 
-        say("Change a little on the master, then synchronize again: only differences move")
-        with open(master_root / "vm-disk.img", "r+b") as f:
+        say("Real-time replication: change things on the master and watch them arrive")
+        new_doc = master_root / "documents" / "project-0" / "written-now.txt"
+        started = time.monotonic()
+        new_doc.write_text("written after the synchronization\n")
+        replica_doc = replica_root / new_doc.relative_to(master_root)
+        while not (replica_doc.exists() and replica_doc.read_text() == new_doc.read_text()):
+            time.sleep(0.01)
+        print(f"{new_doc.name} was on the replica {1000 * (time.monotonic() - started):.0f} ms "
+              "after it was written")
+        with open(master_root / "vm-disk.img", "r+b") as f:  # two blocks of a disk image
             for offset in (5 << 20, 77 << 20):
                 f.seek(offset)
                 f.write(os.urandom(4096))
-        (master_root / "documents" / "project-0" / "file-00.txt").write_text("rewritten\n")
+        (master_root / "documents" / "project-1").rename(master_root / "documents" / "renamed")
         shutil.rmtree(master_root / "documents" / "project-3")
+        wait_caught_up(homes["alpha"])
+        print("two 4 KiB writes in the image, a renamed folder, a deleted folder: replicated")
+        run(homes["alpha"], "status", "demo")
+
+        say("A synchronization compares everything again: nothing differs")
         run(homes["alpha"], "sync", "demo")
-        run(homes["alpha"], "report", "demo")
 
         say("Status and events")
         run(homes["alpha"], "status")

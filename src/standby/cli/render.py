@@ -123,10 +123,14 @@ def scenario_status(s: Mapping[str, Any]) -> RenderableType:
     job = s.get("job")
     if job:
         parts.append(Text(f"  sync {job['id']}: {progress_line(job)}", style="cyan"))
-    replication = s.get("replication")
+    replication = dict(s.get("replication") or {})
     if replication:
+        hosts = replication.pop("hosts", None)
+        replication.pop("links", None)  # per replica link: in --json
         parts += [Text("  replication", style="bold"), _pairs(
             {k: v for k, v in replication.items() if v is not None and v != ""})]
+        if hosts:
+            parts += [Text("  replication per host:"), hosts_table(hosts)]
     if s.get("hosts"):
         parts += [Text(f"  totals over {s.get('syncs', 0)} synchronization(s):"),
                   hosts_table(s["hosts"])]

@@ -466,3 +466,20 @@ def test_rescan_of_an_empty_root_deletes_nothing(
     assert sorted(p.name for p in replica.iterdir()) == [f"f{i}.txt" for i in range(5)]
     codes = {e["code"] for e in alpha.events("live")}
     assert {"SB2104", "SB2212"} <= codes
+
+
+def test_compression_shrinks_what_travels(
+        linked: tuple[EngineProcess, EngineProcess, Proxy], tmp_path: Path) -> None:
+    alpha, _, _ = linked
+    master, replica = tmp_path / "m", tmp_path / "r"
+    start_live(alpha, tmp_path, master, replica)  # compression is on by default
+    text = b"".join(b"line %d of a log that compresses well\n" % i for i in range(100_000))
+    (master / "app.log").write_bytes(text)
+    (master / "random.bin").write_bytes(os.urandom(1_000_000))  # does not compress: sent raw
+    wait_for(lambda: caught_up(alpha), 30, "the replica to catch up")
+    assert_trees_equal(master, replica)
+    status = replication(alpha)
+    raw, wire = status["sent_raw_bytes"], status["sent_bytes"]
+    assert raw > len(text) + 1_000_000
+    # The text shrinks several times; the random megabyte travels as it is.
+    assert 1_000_000 < wire < 1_000_000 + len(text) / 3, (raw, wire)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import logging
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..config import Scenario
@@ -22,7 +23,11 @@ log = logging.getLogger("standby.scheduler")
 
 
 class ScheduledSync:
-    def __init__(self, engine: Engine, scenario: Scenario) -> None:
+    def __init__(self, engine: Engine, scenario: Scenario,
+                 now: Callable[[], datetime.datetime] | None = None) -> None:
+        """``now``: the wall clock (local, aware); a test passes one set just before a
+        scheduled time instead of waiting for it."""
+        self._now = now or (lambda: datetime.datetime.now().astimezone())
         self.engine = engine
         self.scenario = scenario
         self.name = scenario.name
@@ -42,7 +47,7 @@ class ScheduledSync:
 
     def _main(self) -> None:
         while not self._stop.is_set():
-            now = datetime.datetime.now().astimezone()
+            now = self._now()
             self.next_run = next_scheduled_run(self.scenario.replication.schedule, now)
             if self._stop.wait((self.next_run - now).total_seconds()):
                 return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -483,3 +484,28 @@ def test_compression_shrinks_what_travels(
     assert raw > len(text) + 1_000_000
     # The text shrinks several times; the random megabyte travels as it is.
     assert 1_000_000 < wire < 1_000_000 + len(text) / 3, (raw, wire)
+
+
+def test_full_replica_disk_keeps_changes_in_the_spool(
+        linked: tuple[EngineProcess, EngineProcess, Proxy], tmp_path: Path) -> None:
+    """The replica's disk fills up: the replica says so (SB2210), the master keeps the changes
+    and sends them again; once there is room, the replica catches up."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    alpha, beta, _ = linked
+    master, replica = tmp_path / "m", tmp_path / "r"
+    replica.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(replica)], check=True)
+    try:
+        start_live(alpha, tmp_path, master, replica)
+        (master / "big.bin").write_bytes(os.urandom(6 * 1024 * 1024))
+        wait_for(lambda: any(e["code"] == "SB2210" for e in beta.events("live")), 30,
+                 "the replica to report its full disk")
+        assert replication(alpha)["spool_records"] > 0
+        (master / "big.bin").unlink()
+        (master / "small.txt").write_text("fits\n")
+        subprocess.run(["mount", "-o", "remount,size=16m", str(replica)], check=True)
+        wait_for(lambda: caught_up(alpha), 60, "the replica to catch up once there is room")
+        assert_trees_equal(master, replica)
+    finally:
+        subprocess.run(["umount", "-l", str(replica)], check=False)

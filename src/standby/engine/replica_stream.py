@@ -81,6 +81,7 @@ class ReplicaTarget:
         self.received_bytes = 0
         self.received_records = 0
         self._draining = False
+        self.last_failure: str | None = None  # the last apply failure reported (SB2210)
         if self._spool_dir.exists():
             self._open_spool()
 
@@ -280,7 +281,12 @@ class ReplicaStream:
             while True:
                 message = self.session.recv()
                 if isinstance(message, Batch):
-                    self._batch(target, message, ack)
+                    try:
+                        self._batch(target, message, ack)
+                    except OSError as exc:  # disk full, permissions: say so, master retries
+                        self._apply_failed(target, str(exc))
+                        return
+                    target.last_failure = None
                 elif isinstance(message, Goodbye):
                     return  # the master stops (scenario stopped, engine shutting down)
                 elif not isinstance(message, Heartbeat):
@@ -292,6 +298,15 @@ class ReplicaStream:
                 self.session.send(Ack(received_seq=received, durable_seq=durable))
         finally:
             target.flush()
+
+    def _apply_failed(self, target: ReplicaTarget, reason: str) -> None:
+        """Report once per distinct reason (the master retries every few seconds)."""
+        if target.last_failure != reason:
+            target.last_failure = reason
+            self.engine.emit(ev.APPLY_FAILED, f"scenario {self.scenario_name}: {reason}; the "
+                             "master keeps the changes and sends them again",
+                             self.scenario_name)
+        self.session.fail(ev.APPLY_FAILED.code, f"{self.engine.name}: {reason}")
 
     def _batch(self, target: ReplicaTarget, batch: Batch, ack: str) -> None:
         received, _ = target.positions()

@@ -698,8 +698,6 @@ class MasterReplication:
             try:
                 session.send(ReplicateBegin(scenario=self.name, base_seq=self.spool.base_seq))
                 ready = session.expect(ReplicateReady)
-                self._link_up(link)
-                backoff = BACKOFF_MIN
                 self._stream(link, session, ready)
             except (LinkError, OSError, PeerFailure, ProtocolError) as exc:
                 self._link_down(link, str(exc))
@@ -800,6 +798,7 @@ class MasterReplication:
             while not self.stopping:
                 message = session.recv()
                 if isinstance(message, Ack):
+                    self._link_up(link)  # the first Ack of a session: the replica applies
                     self._on_ack(link, message.received_seq, message.durable_seq)
                 elif not isinstance(message, Heartbeat):
                     raise ProtocolError(f"unexpected {type(message).__name__} from the replica")

@@ -165,6 +165,9 @@ class ReplicaSync:
                       f"{self.engine.name!r}")
         elif not 0 <= begin.root < len(row.document["roots"]):
             reason = f"scenario {begin.scenario!r} has no root #{begin.root}"
+        elif row.role == "replica" and self.engine.replica_target(begin.scenario).suspended:
+            reason = (f"scenario {begin.scenario!r} is suspended on {self.engine.name}: run "
+                      f"`standby resume {begin.scenario}` there first")
         if reason is not None or row is None:
             self.session.fail("SB2103", reason or "unknown scenario")
             return None

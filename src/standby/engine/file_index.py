@@ -93,7 +93,7 @@ class RootIndex:
     def put(self, path: bytes, entry: IndexEntry) -> None:
         if path not in self._undo:
             self._undo[path] = self.entries.get(path)
-        if path not in self.entries:
+        if path not in self.entries and path:  # the root (b"") is nobody's child
             self._children.setdefault(parent_of(path), set()).add(path)
         self.entries[path] = entry
         self.pending[path] = entry
@@ -207,10 +207,10 @@ class FileIndex:
         if not self.pending and committed_seq is None:
             return
         self._db.execute("BEGIN IMMEDIATE")
-        if committed_seq is not None:
-            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                             ("committed_seq", str(committed_seq)))
         try:
+            if committed_seq is not None:
+                self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                                 ("committed_seq", str(committed_seq)))
             for number, root in enumerate(self.roots):
                 for rel, entry in root.pending.items():
                     if entry is None:

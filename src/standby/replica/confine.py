@@ -294,16 +294,25 @@ class ConfinedRoot:
         """Rename ``path`` to ``target`` (both inside the root), replacing what is at
         ``target``; a directory in the way is removed first, whatever it holds. Returns False
         (and changes nothing) when ``path`` does not exist: replaying a rename that was already
-        applied is then harmless."""
+        applied is then harmless. When both are names of one file, the source name goes
+        (rename(2) would leave both). Moving a directory into itself, or an entry onto a
+        directory above it, is refused (:class:`PathRefused`)."""
         tcomps = split_relpath(target)
-        if tcomps[: len(split_relpath(path))] == split_relpath(path):
+        scomps = split_relpath(path)
+        if tcomps[: len(scomps)] == scomps:
             raise PathRefused(target, "cannot move a directory into itself")
+        if scomps[: len(tcomps)] == tcomps:  # removing the target would remove the source
+            raise PathRefused(target, "cannot move an entry onto a directory above it")
         tfd = os.dup(self._dir(target, tcomps[:-1]))  # survives cache evictions below
         try:
             try:
                 fd, name, comps = self._parent(path)
             except (FileNotFoundError, NotADirectoryError):
                 return False
+            if _same_file(fd, name, tfd, tcomps[-1]):
+                # Two names of one file: rename(2) would do nothing and leave both.
+                _unlink_quietly(fd, name)
+                return True
             try:
                 os.rename(name, tcomps[-1], src_dir_fd=fd, dst_dir_fd=tfd)
             except FileNotFoundError:
@@ -572,6 +581,16 @@ def _open_regular(dir_fd: int, name: bytes, flags: int) -> tuple[int, int]:
         return os.open(f"/proc/self/fd/{pfd}", flags | os.O_CLOEXEC | os.O_NOCTTY), mode
     finally:
         os.close(pfd)
+
+
+def _same_file(dir_fd: int, name: bytes, other_dir_fd: int, other: bytes) -> bool:
+    """Whether two names (never followed) are links of one file."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        other_st = os.stat(other, dir_fd=other_dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    return os.path.samestat(st, other_st)
 
 
 def _check_temp_name(path: bytes, temp_name: bytes) -> None:

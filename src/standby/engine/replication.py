@@ -165,6 +165,7 @@ class MasterReplication:
         self._pending_bytes = 0
         self._appended: deque[tuple[int, float]] = deque()  # (last seq of an append, time)
         self._ack_cond = threading.Condition()
+        self._committed = threading.Condition()  # notified when _committed_seq advances
         self.links = [_Link(replica, TokenBucket(None)) for replica in scenario.targets]
         self._synchronized_seq: int | None = None  # SB2202 once acknowledged up to here
         self._throughput: deque[tuple[float, int]] = deque()
@@ -195,6 +196,8 @@ class MasterReplication:
         self._stop.set()
         with self._ack_cond:
             self._ack_cond.notify_all()
+        with self._committed:
+            self._committed.notify_all()
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=30)
@@ -326,14 +329,14 @@ class MasterReplication:
         due = now if at_once else now + self._window
         dirty = self._dirty.get(key)
         if dirty is None:
-            self._dirty[key] = _Dirty(now, max(due, self._next_full.get(key, 0.0)), may_remove,
-                                      force_remove)
+            self._dirty[key] = _Dirty(now, due, may_remove, force_remove)
         else:
+            # Debounce: each event pushes the look a window later, but never past ten windows
+            # after the first (a file written without pause still flows). A large file whose
+            # full comparison is not yet due gets an append-only look then (_reconcile).
             dirty.may_remove = dirty.may_remove or may_remove
             dirty.force_remove = dirty.force_remove or force_remove
-            latest = dirty.first + self._window * MAX_DELAY_FACTOR
-            dirty.due = max(min(due, latest), self._next_full.get(key, 0.0), dirty.due
-                            if dirty.due > now else 0.0)
+            dirty.due = min(due, dirty.first + self._window * MAX_DELAY_FACTOR)
 
     def _forget_dirty(self, number: int, top: bytes) -> None:
         for key in [k for k in self._dirty if k[0] == number and is_under(k[1], top)]:
@@ -364,9 +367,11 @@ class MasterReplication:
         next_full = self._next_full.get(key, 0.0)
         try:
             if entry is not None and entry.kind is EntryKind.FILE and now < next_full:
-                # Compared in whole not long ago: send an append now, the rest later.
+                # Compared in whole not long ago: send an append now, the rest at next_full
+                # (sooner, for another append, if more events come).
                 self._tail(builder, path, entry)
-                self._dirty[key].due = next_full
+                dirty = self._dirty[key]
+                dirty.first, dirty.due = now, next_full
                 return
             dirty = self._dirty.pop(key)
             before = builder.counters.bytes
@@ -434,7 +439,9 @@ class MasterReplication:
         if sync and (self.index.pending or self.spool.last_seq > self._committed_seq):
             self.spool.sync()
             self.index.commit(self.spool.last_seq)
-            self._committed_seq = self.spool.last_seq
+            with self._committed:
+                self._committed_seq = self.spool.last_seq
+                self._committed.notify_all()
 
     def _degrade(self, reason: str) -> None:
         """The spool is full: forget the records not appended, and the index changes behind
@@ -772,7 +779,9 @@ class MasterReplication:
                 if now - sent_at >= HEARTBEAT_INTERVAL:
                     session.send(Heartbeat(sent_at=time.time()))
                     sent_at = now
-                self.spool.wait(next_seq - 1, 0.2)
+                with self._committed:  # woken when the capture thread commits records
+                    if self._committed_seq < next_seq and not self.stopping:
+                        self._committed.wait(0.2)
                 continue
             raw = b"".join(data for _, data in records)
             compressed = (compress_batch(raw, self.options.compression_level)

@@ -6,12 +6,14 @@ digests the master computed before they touch the disk.
 
 Idempotence. Records are applied again after a crash of either engine (everything after the
 last sequence number the replica made durable is sent once more). Replaying a write, a zero
-range, a truncate, a mode change, a removal, a directory or a link is harmless: each sets a
+range, a truncate, a mode change, a removal, a directory or a symlink is harmless: each sets a
 state. A rename is not (replayed after a later record re-created its source, it would move
-the new file), so the stream handler makes the replica durable and records the rename's
-sequence number before applying anything after it (:attr:`Applier.needs_barrier`). A record
-whose path is missing on the replica (it was removed by a later record that was already
-applied before the crash) is skipped and counted.
+the new file), nor is a hard link (replayed after a later record put another file at its
+``existing`` name, it would link that one), so the stream handler makes the replica durable
+and records their sequence number before applying anything after them
+(:attr:`Applier.needs_barrier`). A record whose path is missing on the replica, or leads
+through a symlink (a later record, already applied before the crash, removed or replaced a
+parent) is skipped and counted. A malformed path is a protocol error.
 
 Durability: :meth:`Applier.flush` fdatasyncs every file written since the last flush and
 fsyncs every directory whose entries changed, or makes one ``syncfs`` when more than
@@ -40,7 +42,7 @@ from ..protocol import (
     RecZero,
     RemoteProtocolError,
 )
-from ..replica.confine import ConfinedRoot, punch_hole
+from ..replica.confine import ConfinedRoot, PathRefused, punch_hole, split_relpath
 from .file_index import is_under, parent_of
 
 log = logging.getLogger("standby.apply")
@@ -76,7 +78,7 @@ class Applier:
         self._dirty_fds: list[int] = []  # evicted while dirty: fdatasync'd at flush, then closed
         self._dirty_dirs: set[tuple[int, bytes]] = set()
         self.counters = ApplyCounters()
-        self.needs_barrier = False  # set after a rename: flush and record the seq before more
+        self.needs_barrier = False  # set after a rename or a hard link: flush, record the seq
 
     def close(self) -> None:
         for fd in self._files.values():
@@ -98,12 +100,30 @@ class Applier:
             raise RemoteProtocolError(f"record names root {root_number}; the scenario has "
                                       f"{len(self._roots)}")
         root = self._roots[root_number]
+        self._check_paths(record)
         try:
             self._apply(root_number, root, record)
-        except (FileNotFoundError, NotADirectoryError) as exc:
-            # A later record (already applied before a crash) removed or replaced the parent.
+        except (FileNotFoundError, NotADirectoryError, PathRefused) as exc:
+            # A later record (already applied before a crash) removed or replaced the parent
+            # (PathRefused, the paths being well formed: by a symlink, which is not followed).
             self.counters.skipped += 1
             log.debug("skipped %s: %s", type(record).__name__, exc)
+
+    @staticmethod
+    def _check_paths(record: Message) -> None:
+        """Malformed paths are the master's error, not a state of the replica to skip."""
+        names = [getattr(record, "path", None), getattr(record, "existing", None)]
+        if isinstance(record, RecRename):
+            names.append(record.target)
+            if is_under(record.target, record.path) or is_under(record.path, record.target):
+                raise RemoteProtocolError(f"RecRename of {record.path!r} to {record.target!r}: "
+                                          "a directory cannot move into itself or onto a parent")
+        for name in names:
+            if name is not None:
+                try:
+                    split_relpath(name)
+                except PathRefused as exc:
+                    raise RemoteProtocolError(f"{type(record).__name__}: {exc}") from None
 
     def _apply(self, number: int, root: ConfinedRoot, record: Message) -> None:
         if isinstance(record, RecWrite):
@@ -120,6 +140,7 @@ class Applier:
             if record.path:
                 root.set_attrs(record.path, record.mode, record.mtime_ns)
         elif isinstance(record, RecMakeDir):
+            self._close_under(number, record.path)  # a file it replaces may be open
             root.make_dir(record.path, record.mode, replace=True)
             self._namespace(number, record.path)
             self.counters.files += 1
@@ -144,6 +165,9 @@ class Applier:
             root.make_hardlink(record.path, record.existing)
             self._namespace(number, record.path)
             self.counters.files += 1
+            # Not idempotent either: replayed after a later record put another file at
+            # ``existing``, it would link that one.
+            self.needs_barrier = True
         else:
             raise RemoteProtocolError(f"{type(record).__name__} is not a replication record")
 
@@ -207,8 +231,9 @@ class Applier:
             for fd in self._dirty_fds:
                 os.fdatasync(fd)
             for number, directory in self._dirty_dirs:
-                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                    self._roots[number].fsync_dir(directory or None)  # gone: parent covers it
+                # Gone, or a symlink now: the parent's fsync covers it.
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError, PathRefused):
+                    self._roots[number].fsync_dir(directory or None)
         for fd in self._dirty_fds:
             os.close(fd)
         self._dirty_fds.clear()

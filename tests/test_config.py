@@ -241,3 +241,185 @@ ALLOWED_DAYS = "use Mon..Sun, a range such as Mon-Fri, a list such as Mon,Wed,Fr
 def test_replication_refusals(field: str, expected: str) -> None:
     """Each bad replication field names `replication.<field>` and what is allowed."""
     assert f"s.toml: {expected}" in refusal(GOOD + "[replication]\n" + field)
+
+
+FULL_HA = """
+[ha]
+interval = 0.5
+timeout = 5
+auto_failover = true
+arbitration = "witness"
+witness = "gamma"
+lease_seconds = 3
+max_lag = 2.5
+reverse_replication = false
+addresses = {alpha = "10.0.0.1", beta = "10.0.0.2"}
+checks = [
+  {kind = "tcp", host = "10.0.0.10", port = 5432},
+  {kind = "icmp", host = "10.0.0.10", timeout = 1},
+  {kind = "script", command = "/usr/local/bin/probe --quick", timeout = 4.5},
+]
+workload = {kind = "service", unit = "postgresql.service"}
+
+[[ha.redirect]]
+kind = "ip"
+address = "10.0.0.10/24"
+interface = "eth0"
+
+[[ha.redirect]]
+kind = "dns"
+server = "10.0.0.53"
+zone = "example.com."
+name = "db"
+key_name = "standby-key"
+key_secret = "c2VjcmV0LWtleS1ieXRlcw=="
+
+[[ha.redirect]]
+kind = "script"
+path = "/etc/standby/redirect.sh"
+"""
+
+
+def test_ha_defaults() -> None:
+    """A file without [ha] gets heartbeats every second, a 10 s timeout, and no automatic
+    failover: the operator decides."""
+    ha = parse_scenario(GOOD, "s.toml").ha
+    assert (ha.interval, ha.timeout, ha.auto_failover) == (1.0, 10.0, False)
+    assert (ha.arbitration, ha.witness, ha.etcd_endpoints) == ("peer", "", ())
+    assert (ha.lease_seconds, ha.max_lag, ha.reverse_replication) == (5, 5.0, True)
+    assert (ha.addresses, ha.checks, ha.workload, ha.redirect) == ({}, (), None, ())
+
+
+def test_full_ha_section() -> None:
+    """Every field, with checks, a workload and three redirections, stored and read back."""
+    from standby.config import (
+        DnsRedirect,
+        IcmpCheck,
+        IpRedirect,
+        ScriptCheck,
+        ScriptRedirect,
+        ServiceWorkload,
+        TcpCheck,
+        parse_document,
+    )
+
+    scenario = parse_scenario(GOOD + FULL_HA, "s.toml")
+    ha = scenario.ha
+    assert (ha.interval, ha.timeout, ha.auto_failover, ha.arbitration) == (0.5, 5.0, True,
+                                                                           "witness")
+    assert (ha.witness, ha.lease_seconds, ha.max_lag, ha.reverse_replication) == ("gamma", 3, 2.5,
+                                                                                  False)
+    assert ha.addresses == {"alpha": "10.0.0.1", "beta": "10.0.0.2"}
+    assert ha.checks == (TcpCheck(kind="tcp", host="10.0.0.10", port=5432, timeout=2.0),
+                         IcmpCheck(kind="icmp", host="10.0.0.10", timeout=1.0),
+                         ScriptCheck(kind="script", command="/usr/local/bin/probe --quick",
+                                     timeout=4.5))
+    assert ha.workload == ServiceWorkload(kind="service", unit="postgresql.service")
+    assert isinstance(ha.redirect[0], IpRedirect)
+    assert ha.redirect[0].address == "10.0.0.10/24"
+    assert isinstance(ha.redirect[1], DnsRedirect)
+    assert (ha.redirect[1].port, ha.redirect[1].key_algorithm, ha.redirect[1].ttl) == (
+        53, "hmac-sha256", 60)
+    assert ha.redirect[2] == ScriptRedirect(kind="script", path="/etc/standby/redirect.sh")
+    assert parse_document(scenario.document()) == scenario
+
+
+def test_ha_one_redirect_table_and_commands() -> None:
+    """[ha.redirect] alone is one redirection; a service may be given as three commands, and
+    etcd needs its endpoints."""
+    from standby.config import ScriptWorkload, ServiceWorkload
+
+    scenario = parse_scenario(GOOD + """
+[ha]
+arbitration = "etcd"
+etcd_endpoints = ["http://10.0.0.5:2379", "https://etcd.example:2379/"]
+[ha.workload]
+kind = "service"
+start = "systemctl start web"
+stop = "systemctl stop web"
+check = "curl -fs http://127.0.0.1/health"
+[ha.redirect]
+kind = "script"
+path = "/srv/redirect"
+""", "s.toml")
+    assert len(scenario.ha.redirect) == 1
+    assert scenario.ha.etcd_endpoints == ("http://10.0.0.5:2379", "https://etcd.example:2379/")
+    assert isinstance(scenario.ha.workload, ServiceWorkload)
+    assert scenario.ha.workload.check == "curl -fs http://127.0.0.1/health"
+    script = parse_scenario(GOOD + '[ha.workload]\nkind = "script"\npath = "/srv/wl//run"',
+                            "s.toml")
+    assert script.ha.workload == ScriptWorkload(kind="script", path="/srv/wl/run")
+
+
+DNS = ('[[ha.redirect]]\nkind = "dns"\nserver = "10.0.0.53"\nzone = "example.com"\nname = "db"\n'
+       'key_name = "k"\nkey_secret = "c2VjcmV0"\n')
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    ("[ha]\ninterval = 0", "ha.interval: must be 0.1 to 60 (seconds), got 0"),
+    ('[ha]\ninterval = "1s"', "ha.interval: Input should be a valid number (got '1s')"),
+    ("[ha]\ntimeout = 2", "ha.timeout: must be at least 3 x interval (3 s: three missed heartbeats), got 2"),
+    ("[ha]\ntimeout = 4000", "ha.timeout: must be at most 3600 (seconds), got 4000"),
+    ('[ha]\nauto_failover = "yes"', "ha.auto_failover: Input should be a valid boolean (got 'yes')"),
+    ('[ha]\narbitration = "quorum"', "ha.arbitration: Input should be 'peer', 'witness' or 'etcd' (got 'quorum')"),
+    ('[ha]\narbitration = "witness"', 'ha.witness: required when arbitration = "witness": the name of the third engine that arbitrates'),
+    ('[ha]\nwitness = "bad name"', "ha.witness: must be an engine name: 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit, got 'bad name'"),
+    ('[ha]\narbitration = "witness"\nwitness = "beta"', "ha.witness: must be a third engine, not 'beta', which is a host of this scenario"),
+    ('[ha]\narbitration = "etcd"', 'ha.etcd_endpoints: at least one is required when arbitration = "etcd", such as ["http://10.0.0.5:2379"]'),
+    ('[ha]\netcd_endpoints = ["10.0.0.5:2379"]', 'ha.etcd_endpoints: must be etcd client URLs such as "http://10.0.0.5:2379" (http or https, a host and a port), got \'10.0.0.5:2379\''),
+    ('[ha]\netcd_endpoints = ["http://e:99999"]', "ha.etcd_endpoints: must be etcd client URLs"),
+    ('[ha]\netcd_endpoints = ["http://e:2379/v3"]', "ha.etcd_endpoints: must be etcd client URLs"),
+    ('[ha]\nlease_seconds = 0', "ha.lease_seconds: must be 1 to 3600 (seconds), got 0"),
+    ('[ha]\nlease_seconds = 2.5', "ha.lease_seconds: Input should be a valid integer (got 2.5)"),
+    ('[ha]\narbitration = "etcd"\netcd_endpoints = ["http://e:2379"]\nlease_seconds = 2', "ha.lease_seconds: must be at least 3 x interval (3 s: three renewals before it runs out), got 2"),
+    ('[ha]\narbitration = "witness"\nwitness = "w"\nlease_seconds = 9', "ha.lease_seconds: with a witness, must be at most timeout - 2 x interval (8 s), so that an isolated active host has stopped its workload before a standby may take over, got 9"),
+    ("[ha]\nmax_lag = -1", "ha.max_lag: Input should be greater than or equal to 0 (got -1)"),
+    ('[ha]\nreverse_replication = 1', "ha.reverse_replication: Input should be a valid boolean (got 1)"),
+    ('[ha]\naddresses = {alpha = "10.0.0.300"}', "ha.addresses.alpha: must be an IPv4 or IPv6 address, got '10.0.0.300'"),
+    ('[ha]\nreplicas = ["gamma"]', "ha.replicas: unknown field"),  # belongs at the top level
+    ('[[ha.checks]]\nkind = "udp"', "ha.checks.0: kind must be one of 'tcp', 'icmp', 'script' (got 'udp')"),
+    ('[[ha.checks]]\nhost = "db"', "ha.checks.0: kind is required: it says which kind of entry this is"),
+    ('[[ha.checks]]\nkind = "tcp"\nhost = "db"', "ha.checks.0.port: required field is missing"),
+    ('[[ha.checks]]\nkind = "tcp"\nhost = "db"\nport = 70000', "ha.checks.0.port: Input should be less than or equal to 65535 (got 70000)"),
+    ('[[ha.checks]]\nkind = "icmp"\nhost = ""', "ha.checks.0.host: String should have at least 1 character (got '')"),
+    ('[[ha.checks]]\nkind = "script"\ncommand = " "', "ha.checks.0.command: must be a command, got an empty string"),
+    ('[[ha.checks]]\nkind = "script"\ncommand = "probe"\ntimeout = 11', "ha.checks.0.timeout: must be at most ha.timeout (10 s): a check must answer before the host is declared dead, got 11"),
+    ('[[ha.checks]]\nkind = "tcp"\nhost = "db"\nport = 1\nspeed = 1', "ha.checks.0.speed: unknown field"),
+    ('[ha.workload]\nkind = "vm"', "ha.workload: kind must be one of 'service', 'script' (got 'vm')"),
+    ('[ha.workload]\nkind = "service"\nunit = "web"', 'ha.workload.unit: must be a systemd unit name such as "web.service", got \'web\''),
+    ('[ha.workload]\nkind = "service"\nunit = "web.service"\nstop = "x"', "ha.workload.stop: give either unit or the start, stop and check commands, not both"),
+    ('[ha.workload]\nkind = "service"\nstart = "a"\nstop = "b"', "ha.workload.check: required (a command), unless unit names a systemd unit"),
+    ('[ha.workload]\nkind = "script"\npath = "run.sh"', "ha.workload.path: must be an absolute path other than '/' without '..', got 'run.sh'"),
+    ('[ha.workload]\nkind = "service"\nunit = "a.service"\ntimeout = 0', "ha.workload.timeout: Input should be greater than 0 (got 0)"),
+    ('[ha.redirect]\nkind = "ip"\naddress = "10.0.0.10"\ninterface = "eth0"', 'ha.redirect.0.address: must be an address with its prefix length, such as "10.0.0.10/24", got \'10.0.0.10\''),
+    ('[ha.redirect]\nkind = "ip"\naddress = "10.0.0.10/33"\ninterface = "eth0"', "ha.redirect.0.address: must be an address with its prefix length"),
+    ('[ha.redirect]\nkind = "ip"\naddress = "fd00::10/64"\ninterface = "a/b"', 'ha.redirect.0.interface: must be a network interface name (1-15 characters, no \'/\' or spaces) such as "eth0", got \'a/b\''),
+    ('[ha.redirect]\nkind = "ftp"', "ha.redirect.0: kind must be one of 'ip', 'dns', 'script' (got 'ftp')"),
+    (DNS, "ha.addresses: no address for alpha, beta: DNS redirection needs the address of every host that may become active"),
+    ('[ha]\naddresses = {alpha = "10.0.0.1"}\n' + DNS, "ha.addresses: no address for beta"),
+    (DNS.replace("10.0.0.53", "ns1.example"), "ha.redirect.0.server: must be an IPv4 or IPv6 address, got 'ns1.example'"),
+    (DNS.replace('"db"', '"db..x"'), 'ha.redirect.0.name: must be a DNS name such as "www.example.com", got \'db..x\''),
+    (DNS.replace('"c2VjcmV0"', '"not base64!"'), "ha.redirect.0.key_secret: must be the key's secret in base64, as in the DNS server's key statement (tsig-keygen prints it)"),
+    (DNS + 'key_algorithm = "hmac-sha3"', "ha.redirect.0.key_algorithm: Input should be"),
+    ('[ha.redirect]\nkind = "script"\npath = "/"', "ha.redirect.0.path: must be an absolute path other than '/' without '..', got '/'"),
+])
+def test_ha_refusals(extra: str, expected: str) -> None:
+    """Each bad [ha] field names `ha.<field>` and what is allowed."""
+    assert f"s.toml: {expected}" in refusal(GOOD + extra)
+
+
+def test_peer_arbitration_fails_over_between_two_hosts_only() -> None:
+    """Automatic failover without a third party needs exactly two hosts; by hand it is fine."""
+    fan_out = GOOD.replace('replica = "beta"\n', 'replica = "beta"\nreplicas = ["gamma"]\n', 1)
+    assert parse_scenario(fan_out + "[ha]\nauto_failover = false\n", "s.toml").ha.witness == ""
+    assert ('s.toml: ha.auto_failover: automatic failover with arbitration = "peer" arbitrates '
+            'between two hosts only, and this scenario has 3: use "witness" or "etcd"') in refusal(
+        fan_out + "[ha]\nauto_failover = true\n")
+    witnessed = fan_out + '[ha]\nauto_failover = true\narbitration = "witness"\nwitness = "w"\n'
+    assert parse_scenario(witnessed, "s.toml").ha.arbitration == "witness"
+
+
+def test_lease_rules_apply_only_with_a_lease() -> None:
+    """Peer arbitration keeps no lease, so a slow interval does not trip the lease rules."""
+    ha = parse_scenario(GOOD + "[ha]\ninterval = 3\ntimeout = 30\n", "s.toml").ha
+    assert (ha.interval, ha.timeout, ha.lease_seconds) == (3.0, 30.0, 5)

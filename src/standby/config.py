@@ -1,18 +1,22 @@
 """Scenario configuration: TOML in, a validated immutable model out.
 
 A scenario names what to protect (root directory pairs with filters), the master engine, the
-replica engine, and how to synchronize. Every error names the file, the field and what is
+replica engine, how to synchronize and replicate, and its high availability (``[ha]``). Every error names the file, the field and what is
 allowed, and nothing is applied until the whole file is valid.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import fnmatch
+import ipaddress
 import re
 import tomllib
 from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -27,6 +31,7 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
+from pydantic_core import InitErrorDetails
 
 #: Engine and scenario names: what a shell, a URL and a file name all accept unquoted.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
@@ -367,6 +372,303 @@ class ReplicationOptions(_Model):
         return str(path)
 
 
+#: Seconds, written as an integer or a decimal number (``10``, ``1.5``); not a string.
+Seconds = Annotated[float, Field(strict=True)]
+
+
+def _field_error(loc: tuple[str | int, ...], value: object, message: str) -> ValidationError:
+    """A validation error at ``loc`` below the model being validated, for checks that span
+    fields (pydantic prefixes the model's own location)."""
+    return ValidationError.from_exception_data("Scenario", [InitErrorDetails(
+        type="value_error", loc=loc, input=value, ctx={"error": ValueError(message)})])
+
+
+def _absolute_path(value: str) -> str:
+    path = PurePosixPath(value)
+    if not path.is_absolute() or ".." in path.parts or str(path) == "/":
+        raise ValueError(f"must be an absolute path other than '/' without '..', got {value!r}")
+    return str(path)
+
+
+def _command(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must be a command, got an empty string")
+    return value
+
+
+_DNS_NAME_RE = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+
+
+def _dns_name(value: str) -> str:
+    labels = value.removesuffix(".").split(".")
+    if len(value) > 253 or not all(_DNS_NAME_RE.match(label) for label in labels):
+        raise ValueError(f"must be a DNS name such as \"www.example.com\", got {value!r}")
+    return value
+
+
+def _ip_address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"must be an IPv4 or IPv6 address, got {value!r}") from None
+
+
+AbsolutePath = Annotated[str, AfterValidator(_absolute_path)]
+CommandLine = Annotated[str, AfterValidator(_command)]
+DnsName = Annotated[str, AfterValidator(_dns_name)]
+IpAddress = Annotated[str, AfterValidator(_ip_address)]
+EngineName = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+class TcpCheck(_Model):
+    """Is Alive check: a TCP connection to ``host:port`` is accepted."""
+
+    kind: Literal["tcp"]
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535, strict=True)
+    timeout: Seconds = Field(2.0, gt=0, le=60)
+
+
+class IcmpCheck(_Model):
+    """Is Alive check: ``host`` answers an ICMP echo."""
+
+    kind: Literal["icmp"]
+    host: str = Field(min_length=1)
+    timeout: Seconds = Field(2.0, gt=0, le=60)
+
+
+class ScriptCheck(_Model):
+    """Is Alive check: ``command`` (run by ``/bin/sh -c``) exits with status 0."""
+
+    kind: Literal["script"]
+    command: CommandLine
+    timeout: Seconds = Field(5.0, gt=0, le=60)
+
+
+Check = Annotated[TcpCheck | IcmpCheck | ScriptCheck, Field(discriminator="kind")]
+
+
+class ServiceWorkload(_Model):
+    """A service: a systemd ``unit``, or ``start``, ``stop`` and ``check`` commands."""
+
+    kind: Literal["service"]
+    unit: str = ""
+    start: str = ""
+    stop: str = ""
+    check: str = ""
+    timeout: Seconds = Field(90.0, gt=0, le=3600)  # systemd's DefaultTimeoutStartSec
+    check_timeout: Seconds = Field(10.0, gt=0, le=600)
+
+    @field_validator("unit")
+    @classmethod
+    def _unit_name(cls, value: str) -> str:
+        if value and not re.match(r"^[A-Za-z0-9:_.@-]+\.(service|target)$", value):
+            raise ValueError(f"must be a systemd unit name such as \"web.service\", "
+                             f"got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _unit_or_commands(self) -> ServiceWorkload:
+        commands = {"start": self.start, "stop": self.stop, "check": self.check}
+        if self.unit:
+            given = [name for name, command in commands.items() if command]
+            if given:
+                raise _field_error((given[0],), commands[given[0]], "give either unit or the "
+                                   "start, stop and check commands, not both")
+            return self
+        for name, command in commands.items():
+            if not command.strip():
+                raise _field_error((name,), command, "required (a command), unless unit names "
+                                   "a systemd unit")
+        return self
+
+
+class ScriptWorkload(_Model):
+    """A script called with ``start``, ``stop`` or ``status``."""
+
+    kind: Literal["script"]
+    path: AbsolutePath
+    timeout: Seconds = Field(90.0, gt=0, le=3600)
+    check_timeout: Seconds = Field(10.0, gt=0, le=600)
+
+
+Workload = Annotated[ServiceWorkload | ScriptWorkload, Field(discriminator="kind")]
+
+
+class IpRedirect(_Model):
+    """Redirection: move a service address (with its prefix) to the active host's interface."""
+
+    kind: Literal["ip"]
+    address: str
+    interface: str
+
+    @field_validator("address")
+    @classmethod
+    def _interface_address(cls, value: str) -> str:
+        try:
+            address = ipaddress.ip_interface(value)
+        except ValueError:
+            address = None
+        if address is None or "/" not in value:
+            raise ValueError(f"must be an address with its prefix length, such as "
+                             f"\"10.0.0.10/24\", got {value!r}")
+        return str(address)
+
+    @field_validator("interface")
+    @classmethod
+    def _interface_name(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_.:@-]{1,15}$", value):
+            raise ValueError(f"must be a network interface name (1-15 characters, no '/' or "
+                             f"spaces) such as \"eth0\", got {value!r}")
+        return value
+
+
+class DnsRedirect(_Model):
+    """Redirection: an RFC 2136 update of ``name`` in ``zone``, signed with a TSIG key."""
+
+    kind: Literal["dns"]
+    server: IpAddress
+    port: int = Field(53, ge=1, le=65535, strict=True)
+    zone: DnsName
+    name: DnsName
+    key_name: DnsName
+    key_secret: str
+    key_algorithm: Literal["hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224",
+                           "hmac-sha1", "hmac-md5"] = "hmac-sha256"
+    ttl: int = Field(60, ge=0, le=86400, strict=True)
+    timeout: Seconds = Field(5.0, gt=0, le=60)
+
+    @field_validator("key_secret")
+    @classmethod
+    def _base64(cls, value: str) -> str:
+        try:
+            secret = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            secret = b""
+        if not secret:
+            raise ValueError("must be the key's secret in base64, as in the DNS server's key "
+                             "statement (tsig-keygen prints it)")
+        return value
+
+
+class ScriptRedirect(_Model):
+    """Redirection: a script run with the scenario, the active host and the epoch."""
+
+    kind: Literal["script"]
+    path: AbsolutePath
+    timeout: Seconds = Field(30.0, gt=0, le=3600)
+
+
+Redirection = Annotated[IpRedirect | DnsRedirect | ScriptRedirect, Field(discriminator="kind")]
+
+
+def _one_or_many(value: Any) -> Any:
+    """``[ha.redirect]`` (one table) means the same as ``[[ha.redirect]]`` with one entry."""
+    return (value,) if isinstance(value, dict) else value
+
+
+class HaOptions(_Model):
+    """High availability: Is Alive, failover, arbitration, workload and redirection.
+
+    Every field has a default, so a scenario without ``[ha]`` is valid: heartbeats are kept,
+    and a failover waits for the operator. docs/configuration.md says why each default.
+    """
+
+    interval: Seconds = 1.0
+    timeout: Seconds = 10.0
+    auto_failover: bool = Field(False, strict=True)
+    arbitration: Literal["peer", "witness", "etcd"] = "peer"
+    witness: str = Field("", validate_default=True)
+    etcd_endpoints: tuple[str, ...] = Field((), validate_default=True)
+    lease_seconds: int = Field(5, strict=True, validate_default=True)
+    max_lag: Seconds = Field(5.0, ge=0, le=86400)
+    reverse_replication: bool = Field(True, strict=True)
+    addresses: dict[EngineName, IpAddress] = Field(default_factory=dict)
+    checks: tuple[Check, ...] = ()
+    workload: Workload | None = None
+    redirect: Annotated[tuple[Redirection, ...], BeforeValidator(_one_or_many)] = ()
+
+    @field_validator("interval")
+    @classmethod
+    def _interval_range(cls, value: float) -> float:
+        if not 0.1 <= value <= 60:
+            raise ValueError(f"must be 0.1 to 60 (seconds), got {value:g}")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_range(cls, value: float, info: ValidationInfo) -> float:
+        interval = info.data.get("interval")
+        if interval is not None and value < 3 * interval:
+            raise ValueError(f"must be at least 3 x interval ({3 * interval:g} s: three missed "
+                             f"heartbeats), got {value:g}")
+        if value > 3600:
+            raise ValueError(f"must be at most 3600 (seconds), got {value:g}")
+        return value
+
+    @field_validator("witness")
+    @classmethod
+    def _witness_name(cls, value: str, info: ValidationInfo) -> str:
+        if not value and info.data.get("arbitration") == "witness":
+            raise ValueError("required when arbitration = \"witness\": the name of the third "
+                             "engine that arbitrates")
+        if value and not _NAME_RE.match(value):
+            raise ValueError(f"must be an engine name: 1-63 letters, digits, '.', '_' or '-', "
+                             f"starting with a letter or digit, got {value!r}")
+        return value
+
+    @field_validator("etcd_endpoints")
+    @classmethod
+    def _endpoints(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if not value and info.data.get("arbitration") == "etcd":
+            raise ValueError("at least one is required when arbitration = \"etcd\", such as "
+                             "[\"http://10.0.0.5:2379\"]")
+        for url in value:
+            try:
+                parts = urlsplit(url)
+                port = parts.port
+            except ValueError:
+                parts, port = None, None
+            if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname
+                    or port is None or parts.path not in ("", "/")):
+                raise ValueError(f"must be etcd client URLs such as \"http://10.0.0.5:2379\" "
+                                 f"(http or https, a host and a port), got {url!r}")
+        return value
+
+    @field_validator("lease_seconds")
+    @classmethod
+    def _lease_range(cls, value: int, info: ValidationInfo) -> int:
+        if not 1 <= value <= 3600:
+            raise ValueError(f"must be 1 to 3600 (seconds), got {value}")
+        interval, timeout = info.data.get("interval"), info.data.get("timeout")
+        arbitration = info.data.get("arbitration")
+        if interval is None or timeout is None or arbitration not in ("witness", "etcd"):
+            return value  # an earlier field is already reported, or two hosts keep no lease
+        if value < 3 * interval:
+            raise ValueError(f"must be at least 3 x interval ({3 * interval:g} s: three renewals "
+                             f"before it runs out), got {value}")
+        if arbitration == "witness" and value + 2 * interval > timeout:
+            raise ValueError(f"with a witness, must be at most timeout - 2 x interval "
+                             f"({timeout - 2 * interval:g} s), so that an isolated active host "
+                             f"has stopped its workload before a standby may take over, "
+                             f"got {value}")
+        return value
+
+    @field_validator("checks")
+    @classmethod
+    def _checks_answer_in_time(cls, value: tuple[TcpCheck | IcmpCheck | ScriptCheck, ...],
+                               info: ValidationInfo) -> tuple[TcpCheck | IcmpCheck | ScriptCheck,
+                                                              ...]:
+        timeout = info.data.get("timeout")
+        for index, check in enumerate(value):
+            if timeout is not None and check.timeout > timeout:
+                raise _field_error((index, "timeout"), check.timeout, f"must be at most "
+                                   f"ha.timeout ({timeout:g} s): a check must answer before "
+                                   f"the host is declared dead, got {check.timeout:g}")
+        return value
+
+
+
 class Scenario(_Model):
     """One named protection."""
 
@@ -383,6 +685,7 @@ class Scenario(_Model):
     roots: tuple[Root, ...] = Field(min_length=1)
     sync: SyncOptions = SyncOptions()
     replication: ReplicationOptions = ReplicationOptions()
+    ha: HaOptions = HaOptions()
 
     @model_validator(mode="after")
     def _distinct(self) -> Scenario:
@@ -411,6 +714,25 @@ class Scenario(_Model):
                 raise ValueError(f"{name!r} appears twice among the master, the replicas and "
                                  "the cascade")
             seen.add(name)
+        return self
+
+    @model_validator(mode="after")
+    def _ha_hosts(self) -> Scenario:
+        ha = self.ha
+        hosts = (self.master, *self.targets, *self.cascade)
+        if ha.witness in hosts:
+            raise _field_error(("ha", "witness"), ha.witness, f"must be a third engine, not "
+                               f"{ha.witness!r}, which is a host of this scenario")
+        if ha.auto_failover and ha.arbitration == "peer" and len(hosts) > 2:
+            raise _field_error(("ha", "auto_failover"), True, f"automatic failover with "
+                               f"arbitration = \"peer\" arbitrates between two hosts only, and "
+                               f"this scenario has {len(hosts)}: use \"witness\" or \"etcd\"")
+        if any(isinstance(redirect, DnsRedirect) for redirect in ha.redirect):
+            missing = [host for host in (self.master, *self.targets) if host not in ha.addresses]
+            if missing:
+                raise _field_error(("ha", "addresses"), ha.addresses, f"no address for "
+                                   f"{', '.join(missing)}: DNS redirection needs the address of "
+                                   "every host that may become active")
         return self
 
     def cascaded(self) -> Scenario:
@@ -445,9 +767,19 @@ _FRIENDLY = {
 }
 
 
+#: The ``kind`` values of tagged tables (checks, workload, redirect): pydantic puts the tag in
+#: an error's location (``ha.checks.0.tcp.port``); the messages leave it out.
+_UNION_TAGS = frozenset({"tcp", "icmp", "script", "service", "ip", "dns"})
+
+
+def _untagged(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    return tuple(part for index, part in enumerate(loc)
+                 if not (part in _UNION_TAGS and 0 < index < len(loc) - 1))
+
+
 def _format_errors(source: str, error: ValidationError) -> str:
     items = error.errors()
-    locs = [tuple(item["loc"]) for item in items]
+    locs = [_untagged(tuple(item["loc"])) for item in items]
     lines = []
     for item, loc in zip(items, locs, strict=True):
         if any(other != loc and other[:len(loc)] == loc for other in locs):
@@ -459,6 +791,11 @@ def _format_errors(source: str, error: ValidationError) -> str:
             message = "required field is missing"
         elif item["type"] in _FRIENDLY:
             message = f"{_FRIENDLY[item['type']]} (got {item['input']!r})"
+        elif item["type"] == "union_tag_invalid":
+            message = (f"kind must be one of {item['ctx']['expected_tags']} "
+                       f"(got {item['ctx']['tag']!r})")
+        elif item["type"] == "union_tag_not_found":
+            message = "kind is required: it says which kind of entry this is"
         elif item["type"] == "value_error":
             message = item["msg"].removeprefix("Value error, ")  # our messages say what we got
         else:

@@ -885,5 +885,6 @@ def test_entry_matches() -> None:
     assert entry_matches(link, EntryKind.SYMLINK, 1, 99, 0o777, 1, b"t")
     assert not entry_matches(link, EntryKind.SYMLINK, 1, 5, 0, 9, b"u")
     d = IndexEntry(EntryKind.DIRECTORY, 0, 5, 0o755, 9)
-    assert entry_matches(d, EntryKind.DIRECTORY, 4096, 77, 0o755, 9, b"")
+    assert entry_matches(d, EntryKind.DIRECTORY, 4096, 5, 0o755, 9, b"")
+    assert not entry_matches(d, EntryKind.DIRECTORY, 4096, 77, 0o755, 9, b"")  # entries moved
     assert not entry_matches(d, EntryKind.DIRECTORY, 0, 5, 0o700, 9, b"")

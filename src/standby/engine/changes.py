@@ -104,7 +104,7 @@ class ChangeBuilder:
         # Paths to compare at the end of the round (see _recheck_other_names).
         self.recheck: set[bytes] = set()
 
-    def _abs(self, path: bytes) -> bytes:
+    def absolute(self, path: bytes) -> bytes:
         return self.root_path + b"/" + path if path else self.root_path
 
     def excluded(self, path: bytes, is_dir: bool) -> bool:
@@ -177,13 +177,15 @@ class ChangeBuilder:
             if not directory or entry is None or entry.kind is not EntryKind.DIRECTORY:
                 continue
             try:
-                st = os.lstat(self._abs(directory))
+                st = os.lstat(self.absolute(directory))
             except OSError:
                 continue
             if not stat.S_ISDIR(st.st_mode):
                 continue
             emit(RecAttrs(root=self.root_number, path=directory, mode=stat.S_IMODE(st.st_mode),
                           mtime_ns=st.st_mtime_ns))
+            self.index.put(directory, IndexEntry(EntryKind.DIRECTORY, 0, st.st_mtime_ns,
+                                                 stat.S_IMODE(st.st_mode), st.st_ino))
 
     # --- reconcile ------------------------------------------------------------------------------
 
@@ -201,7 +203,7 @@ class ChangeBuilder:
         (removing now would lose the renamed files on the replica). Removals found by a rescan
         have no such notification to wait for."""
         try:
-            st = os.lstat(self._abs(path))
+            st = os.lstat(self.absolute(path))
         except (FileNotFoundError, NotADirectoryError):
             if may_remove or force_remove:
                 self.remove(path, emit, force=force_remove)
@@ -262,11 +264,13 @@ class ChangeBuilder:
                                             st.st_ino))
             self.counters.files += 1
             try:
-                names = os.listdir(self._abs(path))
+                names = os.listdir(self.absolute(path))
             except OSError:
                 return []
             return [path + b"/" + name for name in sorted(names)]
-        if current.mode != mode or current.ino != st.st_ino:
+        if (current.mode, current.ino, current.mtime_ns) != (mode, st.st_ino, st.st_mtime_ns):
+            # A new mode, or a new mtime (`touch dir`, or entries that came and went unseen
+            # while the engine was stopped: a rescan finds the mtime moved).
             emit(RecAttrs(root=self.root_number, path=path, mode=mode, mtime_ns=st.st_mtime_ns))
             self.index.put(path, IndexEntry(EntryKind.DIRECTORY, 0, st.st_mtime_ns, mode,
                                             st.st_ino))
@@ -275,7 +279,7 @@ class ChangeBuilder:
     def _symlink(self, path: bytes, st: os.stat_result, current: IndexEntry | None,
                  emit: Emit) -> None:
         try:
-            target = os.readlink(self._abs(path))
+            target = os.readlink(self.absolute(path))
         except OSError:
             return  # gone or replaced since lstat: its own event follows
         if current is not None and current.target == target:
@@ -311,7 +315,7 @@ class ChangeBuilder:
                 self._share(path, st.st_ino)
             return
         try:
-            fd = os.open(self._abs(path), _OPEN_FLAGS)
+            fd = os.open(self.absolute(path), _OPEN_FLAGS)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.ENXIO):
                 return  # replaced or removed since lstat: its own event follows
@@ -628,4 +632,4 @@ def entry_matches(entry: IndexEntry, kind: EntryKind, size: int, mtime_ns: int, 
         return (entry.size, entry.mtime_ns, entry.mode, entry.ino) == (size, mtime_ns, mode, ino)
     if kind is EntryKind.SYMLINK:
         return entry.target == target
-    return entry.mode == mode
+    return (entry.mode, entry.mtime_ns) == (mode, mtime_ns)

@@ -233,7 +233,9 @@ class ReplicaTarget:
                             self.flush()
                     self.flush()
                     self._spool.trim(self.applied_durable)
-        except (OSError, SpoolError, RemoteProtocolError) as exc:
+        except Exception as exc:  # OSError, SpoolError, RemoteProtocolError, or a bug
+            if not isinstance(exc, OSError | SpoolError | RemoteProtocolError):
+                log.exception("scenario %s: applying the spooled changes failed", self.name)
             self.engine.emit(ev.APPLY_FAILED, f"scenario {self.name}: applying the spooled "
                              f"changes failed: {exc}", self.name)
         finally:

@@ -57,7 +57,7 @@ from ..protocol import (
 from ..storage.hashing import FileChangedError, hash_file, new_buffer
 from ..storage.tree import ListingError, scan_tree
 from . import events as ev
-from .changes import ChangeBuilder, entry_matches, forget_blocks
+from .changes import RACY_NS, ChangeBuilder, entry_matches, forget_blocks
 from .channel import LinkError
 from .file_index import STALE, FileIndex, IndexEntry, is_under, parent_of
 from .jobs import Job, JobState
@@ -289,6 +289,17 @@ class MasterReplication:
         return self.phase in ("replicating", "assessing", "rescanning")
 
     def _on_event(self, number: int, event: Changed | Moved | Removed | Overflow) -> None:
+        try:
+            self._handle_event(number, event)
+        except SpoolFull as exc:  # a removal or rename could not be appended
+            self._degrade(str(exc))
+            if isinstance(event, Moved):
+                self._mark(number, event.src, time.monotonic())
+                self._mark(number, event.dst, time.monotonic())
+            elif isinstance(event, Removed):
+                self._mark(number, event.path, time.monotonic())
+
+    def _handle_event(self, number: int, event: Changed | Moved | Removed | Overflow) -> None:
         now = time.monotonic()
         log.debug("event %r", event)
         builder = self.builders[number]
@@ -395,7 +406,7 @@ class MasterReplication:
 
     def _tail(self, builder: ChangeBuilder, path: bytes, entry: IndexEntry) -> None:
         try:
-            size = os.lstat(builder._abs(path)).st_size
+            size = os.lstat(builder.absolute(path)).st_size
         except OSError:
             return
         if size > entry.size:
@@ -549,9 +560,10 @@ class MasterReplication:
             return
         now = time.monotonic()
         seen = set()
+        excluded = _ExcludedTrees(builder)
         for item in listing:
             seen.add(item.path)
-            if builder.excluded(item.path, item.kind is EntryKind.DIRECTORY):
+            if excluded(item.path, item.kind is EntryKind.DIRECTORY):
                 continue
             entry = builder.index.get(item.path)
             if entry is None or not entry_matches(entry, item.kind, item.size, item.mtime_ns,
@@ -642,12 +654,13 @@ class MasterReplication:
             self._stop.set()
             return
         index = builder.index
+        excluded = _ExcludedTrees(builder)
+        racy = time.time_ns() - RACY_NS  # a file changed since may change again unseen
         for item in listing:
             if self.stopping:
                 return
             key = (number, item.path)
-            if key in self._dirty or builder.excluded(item.path,
-                                                      item.kind is EntryKind.DIRECTORY):
+            if key in self._dirty or excluded(item.path, item.kind is EntryKind.DIRECTORY):
                 continue
             if item.kind is EntryKind.DIRECTORY:
                 index.put(item.path, IndexEntry(EntryKind.DIRECTORY, 0, item.mtime_ns,
@@ -659,7 +672,8 @@ class MasterReplication:
                 digests = self._hash(builder, item.path, item.size, item.mtime_ns)
                 self._drain_events()
                 if digests is not None and key not in self._dirty:
-                    index.put(item.path, IndexEntry(EntryKind.FILE, item.size, item.mtime_ns,
+                    mtime = item.mtime_ns if item.mtime_ns < racy else STALE
+                    index.put(item.path, IndexEntry(EntryKind.FILE, item.size, mtime,
                                                     item.mode, item.ino, digests=digests))
             if index.pending and len(index.pending) >= 1000:
                 self.index.commit()
@@ -669,7 +683,7 @@ class MasterReplication:
     def _hash(self, builder: ChangeBuilder, path: bytes, size: int,
               mtime_ns: int) -> bytes | None:
         try:
-            fd = os.open(builder._abs(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(builder.absolute(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             return None
         try:
@@ -940,3 +954,24 @@ class MasterReplication:
             "sent_raw_bytes": sum(link.total_raw for link in self.links),
             "rescans": stats.rescans, "links": links, "hosts": hosts,
         }
+
+
+class _ExcludedTrees:
+    """Filter a listing (parents before children): an entry is excluded if it matches the
+    root's filter or lies under a directory that did."""
+
+    def __init__(self, builder: ChangeBuilder) -> None:
+        self._builder = builder
+        self._dirs: set[bytes] = set()
+
+    def __call__(self, path: bytes, is_dir: bool) -> bool:
+        parent = parent_of(path)
+        while parent:
+            if parent in self._dirs:
+                return True
+            parent = parent_of(parent)
+        if self._builder.excluded(path, is_dir):
+            if is_dir:
+                self._dirs.add(path)
+            return True
+        return False

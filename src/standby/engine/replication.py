@@ -111,6 +111,7 @@ class _Link:
     replica: str
     bucket: TokenBucket
     up: bool = False
+    up_since: float | None = None
     told_down: bool = False
     received_seq: int = 0
     durable_seq: int = 0
@@ -169,6 +170,7 @@ class MasterReplication:
         self._appended: deque[tuple[int, float]] = deque()  # (last seq of an append, time)
         self._ack_cond = threading.Condition()
         self._committed = threading.Condition()  # notified when _committed_seq advances
+        self._highest_reported = 0  # the highest position a replica said it holds
         self.links = [_Link(replica, TokenBucket(None)) for replica in scenario.targets]
         self._synchronized_seq: int | None = None  # SB2202 once acknowledged up to here
         self._throughput: deque[tuple[float, int]] = deque()
@@ -201,9 +203,15 @@ class MasterReplication:
             self._ack_cond.notify_all()
         with self._committed:
             self._committed.notify_all()
+        alive = False
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=30)
+                alive = alive or thread.is_alive()
+        if alive:  # e.g. hashing a huge file: it checks the stop flag next; leave it the files
+            log.warning("scenario %s: a replication thread is still busy; its spool and index "
+                        "close when the engine exits", self.name)
+            return
         self.spool.close()
         self.index.close()
 
@@ -251,6 +259,8 @@ class MasterReplication:
                 watcher.close()
 
     def _capture_failed(self, reason: str) -> None:
+        if self.stopping:
+            return  # stop() closed what we were using: not a failure
         self.error = reason
         self.phase = "failed"
         self.engine.emit(ev.CAPTURE_FAILED, f"scenario {self.name}: {reason}", self.name)
@@ -266,7 +276,7 @@ class MasterReplication:
             if self._sync_request is not None:
                 method, ignore = self._sync_request
                 self._sync_request = None
-                self._flush(sync=True)
+                self._flush_or_degrade()
                 self._initial_sync(method, ignore)
                 if self.stopping:
                     return
@@ -276,7 +286,7 @@ class MasterReplication:
                 self._take_events(by_fd[fd])
             self._process_due()
             self._finish_round()
-            self._flush(sync=True)
+            self._flush_or_degrade()
             self._periodic()
 
     def _take_events(self, number: int, timeout: float = 0.0) -> None:
@@ -334,7 +344,7 @@ class MasterReplication:
             del self._dirty[key]
             self._dirty[(number, dst + key[1][len(src):])] = dirty
         if not self._streaming() or not self.builders[number].rename(src, dst, self._emit):
-            self._mark(number, src, now)
+            self._mark(number, src, now, force_remove=True)  # the replica may hold it
             self._mark(number, dst, now)
 
     def _mark(self, number: int, path: bytes, now: float, *, at_once: bool = False,
@@ -456,6 +466,12 @@ class MasterReplication:
             with self._committed:
                 self._committed_seq = self.spool.last_seq
                 self._committed.notify_all()
+
+    def _flush_or_degrade(self) -> None:
+        try:
+            self._flush(sync=True)
+        except SpoolFull as exc:
+            self._degrade(str(exc))
 
     def _degrade(self, reason: str) -> None:
         """The spool is full: forget the records not appended, and the index changes behind
@@ -628,7 +644,9 @@ class MasterReplication:
             self._wait_with_events(SYNC_RETRY)
         if self.stopping:
             return
-        self.spool.reset(self.spool.last_seq)  # the synchronization superseded older records
+        # The synchronization superseded older records. Number on above anything a replica
+        # reported holding (a master whose spool was lost or restored is behind it).
+        self.spool.reset(max(self.spool.last_seq, self._highest_reported))
         self.phase = "indexing"
         for number in range(len(self.builders)):
             self._build_index(number)
@@ -659,12 +677,14 @@ class MasterReplication:
         index = builder.index
         excluded = _ExcludedTrees(builder)
         racy = time.time_ns() - RACY_NS  # a file changed since may change again unseen
+        dirty_dirs = {path for (root, path) in self._dirty if root == number}
         for item in listing:
             if self.stopping:
                 return
             key = (number, item.path)
-            if key in self._dirty or excluded(item.path, item.kind is EntryKind.DIRECTORY):
-                continue
+            if key in self._dirty or excluded(item.path, item.kind is EntryKind.DIRECTORY) \
+                    or _under_any(item.path, dirty_dirs):
+                continue  # changed since capture started: compared (or sent whole) later
             if item.kind is EntryKind.DIRECTORY:
                 index.put(item.path, IndexEntry(EntryKind.DIRECTORY, 0, item.mtime_ns,
                                                 item.mode, item.ino))
@@ -725,14 +745,21 @@ class MasterReplication:
                 self._stream(link, session, ready)
             except (LinkError, OSError, PeerFailure, ProtocolError) as exc:
                 self._link_down(link, str(exc))
+                if link.up_since is not None and time.monotonic() - link.up_since > 10:
+                    backoff = BACKOFF_MIN  # it worked for a while: reconnect quickly
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
+            except Exception as exc:  # a spool error, or a bug: never lose the link for good
+                log.exception("scenario %s: sending to %s failed", self.name, link.replica)
+                self._link_down(link, f"unexpected error: {exc!r}")
+                self._stop.wait(BACKOFF_MAX)
             finally:
                 session.close()
 
     def _link_up(self, link: _Link) -> None:
         if not link.up:
             link.up = True
+            link.up_since = time.monotonic()
             self.engine.emit(ev.LINK_RESTORED, f"scenario {self.name}: connected to "
                              f"{link.replica}; {self.spool.last_seq - link.durable_seq} "
                              "record(s) to send", self.name)
@@ -740,6 +767,7 @@ class MasterReplication:
     def _link_down(self, link: _Link, reason: str) -> None:
         if self.stopping:
             return  # we closed it
+        link.up_since = None
         if link.up or not link.told_down:
             link.told_down = True
             link.up = False
@@ -747,6 +775,7 @@ class MasterReplication:
                              f"{link.replica}: {reason}", self.name)
 
     def _stream(self, link: _Link, session: Session, ready: ReplicateReady) -> None:
+        self._highest_reported = max(self._highest_reported, ready.received_seq)
         if ready.received_seq > self.spool.last_seq:
             self.engine.emit(ev.REPLICA_AHEAD, f"scenario {self.name}: replica {link.replica} "
                              f"holds records up to {ready.received_seq}, the spool ends at "
@@ -978,3 +1007,14 @@ class _ExcludedTrees:
                 self._dirs.add(path)
             return True
         return False
+
+
+def _under_any(path: bytes, tops: set[bytes]) -> bool:
+    """Whether a directory above ``path`` is in ``tops`` (a renamed directory's contents had
+    no notifications of their own)."""
+    parent = parent_of(path)
+    while parent:
+        if parent in tops:
+            return True
+        parent = parent_of(parent)
+    return False

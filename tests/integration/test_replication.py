@@ -528,3 +528,27 @@ def test_full_replica_disk_keeps_changes_in_the_spool(
         assert_trees_equal(master, replica)
     finally:
         subprocess.run(["umount", "-l", str(replica)], check=False)
+
+
+def test_spool_over_limit_with_small_changes(
+        linked: tuple[EngineProcess, EngineProcess, Proxy], tmp_path: Path) -> None:
+    """Many small files fill the spool: the append that fails is as likely the one at the end
+    of a round of changes as one in the middle of a large file. Either way: degraded, then
+    recovered, never a stopped capture."""
+    alpha, _, proxy = linked
+    master, replica = tmp_path / "m", tmp_path / "r"
+    start_live(alpha, tmp_path, master, replica,
+               extra='[replication]\nspool_max = "64MiB"\ncompression = false')
+    proxy.cut()
+    for i in range(100):  # 100 MiB in 1 MiB files, a few per round
+        (master / f"small{i:03}.bin").write_bytes(os.urandom(1024 * 1024))
+        if i % 10 == 9:
+            time.sleep(0.05)
+    wait_for(lambda: replication(alpha)["phase"] == "degraded", 30, "the degraded phase")
+    proxy.restore()
+    wait_for(lambda: settled(alpha, master, replica), 90, "the replica to catch up")
+    assert_trees_equal(master, replica)
+    codes = [e["code"] for e in alpha.events("live")]
+    assert "SB2212" not in codes  # capture never failed
+    assert "SB2205" in codes
+    assert "SB2206" in codes

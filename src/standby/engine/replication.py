@@ -132,15 +132,6 @@ class _Link:
                 "acknowledged_bytes": self.acked_bytes}
 
 
-@dataclass(slots=True)
-class Stats:
-    """Counters of the capture side (plain ints: a torn read by the API is harmless)."""
-
-    changed_files: int = 0
-    changed_bytes: int = 0
-    rescans: int = 0
-
-
 class MasterReplication:
     """Real-time replication of one scenario on its master engine."""
 
@@ -159,7 +150,7 @@ class MasterReplication:
             ChangeBuilder(number, root.master, self.index.roots[number], self.block_size,
                           PathFilter(root.include, root.exclude), self._buffer)
             for number, root in enumerate(scenario.roots)]
-        self.stats = Stats()
+        self.rescans = 0
         self.phase = "starting"
         self.error: str | None = None
         self._stop = threading.Event()
@@ -398,10 +389,8 @@ class MasterReplication:
                 dirty.first, dirty.due = now, next_full
                 return
             dirty = self._dirty.pop(key)
-            before = builder.counters.bytes
             children = builder.reconcile(path, self._emit, may_remove=dirty.may_remove,
                                          force_remove=dirty.force_remove)
-            self.stats.changed_bytes += builder.counters.bytes - before
             for child in children:
                 self._mark(number, child, now, at_once=True, may_remove=False)
             entry = builder.index.get(path)
@@ -423,9 +412,7 @@ class MasterReplication:
         except OSError:
             return
         if size > entry.size:
-            before = builder.counters.bytes
             builder.reconcile(path, self._emit, tail=True)
-            self.stats.changed_bytes += builder.counters.bytes - before
 
     def _finish_round(self) -> None:
         if not self._streaming():
@@ -459,7 +446,6 @@ class MasterReplication:
             last = self.spool.append(pending)  # SpoolFull: nothing appended
             self.index.checkpoint()
             self._appended.append((last, time.time()))
-            self.stats.changed_files = sum(b.counters.files for b in self.builders)
         if sync and (self.index.pending or self.spool.last_seq > self._committed_seq):
             self.spool.sync()
             self.index.commit(self.spool.last_seq)
@@ -558,7 +544,7 @@ class MasterReplication:
     def _rescan(self, number: int) -> None:
         """Mark dirty every path whose size, mtime, mode or inode differs from the index (and
         every indexed path that is gone): what an incremental rescan compares."""
-        self.stats.rescans += 1
+        self.rescans += 1
         root = self.scenario.roots[number]
         builder = self.builders[number]
         try:
@@ -959,11 +945,11 @@ class MasterReplication:
         samples = list(self._throughput)
         if len(samples) >= 2 and samples[-1][0] > samples[0][0]:
             throughput = (samples[-1][1] - samples[0][1]) / (samples[-1][0] - samples[0][0])
-        stats = self.stats
         links = {link.replica: link.status() for link in self.links}
         changed_files = sum(b.counters.files for b in self.builders)
+        changed_bytes = sum(b.counters.bytes for b in self.builders)
         hosts: dict[str, dict[str, Any]] = {self.scenario.master: {
-            "changed_files": changed_files, "changed_bytes": stats.changed_bytes,
+            "changed_files": changed_files, "changed_bytes": changed_bytes,
             "sent_records": sum(link.sent_records for link in self.links),
             "sent_bytes": sum(link.sent_bytes for link in self.links),
             "spool_bytes": self.spool.size_bytes}}
@@ -980,11 +966,11 @@ class MasterReplication:
             "spool_bytes": self.spool.size_bytes, "spool_records": self.spool.record_count,
             "dirty_paths": len(self._dirty), "lag_s": round(lag, 3),
             "throughput_bytes_s": round(throughput),
-            "changed_files": changed_files, "changed_bytes": stats.changed_bytes,
+            "changed_files": changed_files, "changed_bytes": changed_bytes,
             "sent_records": hosts[self.scenario.master]["sent_records"],
             "sent_bytes": hosts[self.scenario.master]["sent_bytes"],
             "sent_raw_bytes": sum(link.total_raw for link in self.links),
-            "rescans": stats.rescans, "links": links, "hosts": hosts,
+            "rescans": self.rescans, "links": links, "hosts": hosts,
         }
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 from standby.engine.events import CATALOG
 
 GROUPS = {"1": "Engine and peers", "2": "Scenarios and synchronization",
-          "3": "Protocol and security"}
+          "3": "Protocol and security", "4": "High availability"}
 HEADER = """# Events
 
 Every event the engine records has a stable ID, a severity and a message. IDs never change

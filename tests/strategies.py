@@ -28,11 +28,13 @@ from standby.protocol import (
     EntriesEnd,
     Entry,
     EntryKind,
+    EpochClaim,
     Failure,
     FileBegin,
     FileEnd,
     FileResult,
     Goodbye,
+    HaHeartbeat,
     HashRequest,
     Heartbeat,
     Hello,
@@ -133,6 +135,7 @@ def hellos(draw: st.DrawFn) -> Hello:
 def sync_begins(draw: st.DrawFn) -> SyncBegin:
     return SyncBegin(
         scenario=draw(text),
+        epoch=draw(u64),
         root=draw(small),
         method=draw(st.sampled_from(SyncMethod) | st.sampled_from([int(m) for m in SyncMethod])),
         block_size=1 << draw(st.integers(min_value=12, max_value=MAX_BLOCK_SIZE.bit_length() - 1)),
@@ -200,11 +203,15 @@ MESSAGES: dict[type[Message], st.SearchStrategy[Message]] = {
     FileResult: st.builds(FileResult, file_id=u64, ok=st.booleans(), message=text),
     SyncEnd: st.builds(SyncEnd),
     SyncDone: st.builds(SyncDone, stats=documents),
-    ReplicateBegin: st.builds(ReplicateBegin, scenario=text, base_seq=u64),
+    ReplicateBegin: st.builds(ReplicateBegin, scenario=text, epoch=u64, base_seq=u64),
     ReplicateReady: seq_pairs().map(lambda p: ReplicateReady(received_seq=p[0], durable_seq=p[1])),
     Batch: batches(),
     Ack: seq_pairs().map(lambda p: Ack(received_seq=p[0], durable_seq=p[1])),
     Heartbeat: st.builds(Heartbeat, sent_at=finite_floats),
+    HaHeartbeat: st.builds(HaHeartbeat, scenario=text, status=documents),
+    EpochClaim: st.builds(EpochClaim, scenario=text, epoch=st.integers(min_value=1,
+                                                                       max_value=2**64 - 1),
+                          active=text.filter(bool), failover=st.booleans()),
 }
 assert set(MESSAGES) == set(MESSAGE_TYPES.values()), "add a strategy for every message type"
 

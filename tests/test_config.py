@@ -408,15 +408,32 @@ def test_ha_refusals(extra: str, expected: str) -> None:
     assert f"s.toml: {expected}" in refusal(GOOD + extra)
 
 
-def test_peer_arbitration_fails_over_between_two_hosts_only() -> None:
-    """Automatic failover without a third party needs exactly two hosts; by hand it is fine."""
+def test_automatic_failover_needs_a_single_replica() -> None:
+    """A fan-out or cascade scenario cannot fail over on its own (the other replicas would
+    follow no master), with any arbitration; by hand it is fine."""
     fan_out = GOOD.replace('replica = "beta"\n', 'replica = "beta"\nreplicas = ["gamma"]\n', 1)
     assert parse_scenario(fan_out + "[ha]\nauto_failover = false\n", "s.toml").ha.witness == ""
-    assert ('s.toml: ha.auto_failover: automatic failover with arbitration = "peer" arbitrates '
-            'between two hosts only, and this scenario has 3: use "witness" or "etcd"') in refusal(
-        fan_out + "[ha]\nauto_failover = true\n")
+    expected = ("s.toml: ha.auto_failover: automatic failover is not supported yet for a "
+                "scenario with several replicas (replicas, cascade): after it, the other "
+                "replicas would follow no master")
+    assert expected in refusal(fan_out + "[ha]\nauto_failover = true\n")
     witnessed = fan_out + '[ha]\nauto_failover = true\narbitration = "witness"\nwitness = "w"\n'
-    assert parse_scenario(witnessed, "s.toml").ha.arbitration == "witness"
+    assert expected in refusal(witnessed)
+
+
+def test_a_scenario_turns_around_for_its_other_host() -> None:
+    """reoriented(): the replica becomes the master and each root's paths swap with it."""
+    scenario = parse_scenario(GOOD, "s.toml")
+    turned = scenario.reoriented("beta")
+    assert (turned.master, turned.replica) == ("beta", "alpha")
+    assert [(r.master, r.replica) for r in turned.roots] == [("/srv/replica/data", "/srv/data")]
+    assert turned.reoriented("alpha") == scenario
+    assert scenario.reoriented("alpha") is scenario
+    with pytest.raises(ValueError, match="'gamma' is not a host"):
+        scenario.reoriented("gamma")
+    fan_out = GOOD.replace('replica = "beta"\n', 'replica = "beta"\nreplicas = ["gamma"]\n', 1)
+    with pytest.raises(ValueError, match="several replicas"):
+        parse_scenario(fan_out, "s.toml").reoriented("beta")
 
 
 def test_lease_rules_apply_only_with_a_lease() -> None:

@@ -583,6 +583,7 @@ class HaOptions(_Model):
     lease_seconds: int = Field(5, strict=True, validate_default=True)
     max_lag: Seconds = Field(5.0, ge=0, le=86400)
     reverse_replication: bool = Field(True, strict=True)
+    switchover_timeout: Seconds = Field(300.0, gt=0, le=86400)
     addresses: dict[EngineName, IpAddress] = Field(default_factory=dict)
     checks: tuple[Check, ...] = ()
     workload: Workload | None = None
@@ -723,10 +724,10 @@ class Scenario(_Model):
         if ha.witness in hosts:
             raise _field_error(("ha", "witness"), ha.witness, f"must be a third engine, not "
                                f"{ha.witness!r}, which is a host of this scenario")
-        if ha.auto_failover and ha.arbitration == "peer" and len(hosts) > 2:
-            raise _field_error(("ha", "auto_failover"), True, f"automatic failover with "
-                               f"arbitration = \"peer\" arbitrates between two hosts only, and "
-                               f"this scenario has {len(hosts)}: use \"witness\" or \"etcd\"")
+        if ha.auto_failover and (self.replicas or self.cascade):
+            raise _field_error(("ha", "auto_failover"), True, "automatic failover is not "
+                               "supported yet for a scenario with several replicas (replicas, "
+                               "cascade): after it, the other replicas would follow no master")
         if any(isinstance(redirect, DnsRedirect) for redirect in ha.redirect):
             missing = [host for host in (self.master, *self.targets) if host not in ha.addresses]
             if missing:
@@ -743,6 +744,32 @@ class Scenario(_Model):
             "roots": tuple(root.model_copy(update={"master": root.replica})
                            for root in self.roots),
             "description": f"forwarding of {self.name} from {self.replica}"})
+
+    def reoriented(self, active: str) -> Scenario:
+        """The scenario as it runs while ``active`` is the active host: ``active`` is the
+        master, the other host the replica, and each root's two paths follow their hosts.
+
+        Raises:
+            ValueError: ``active`` is neither host, or the scenario has several replicas (a
+                switchover moves one master and one replica).
+        """
+        if active == self.master:
+            return self
+        if active != self.replica:
+            raise ValueError(f"{active!r} is not a host of scenario {self.name!r}")
+        if self.replicas or self.cascade:
+            raise ValueError(f"scenario {self.name!r} has several replicas: switching it over "
+                             "is not supported yet")
+        return self.model_copy(update={
+            "master": self.replica, "replica": self.master,
+            "roots": tuple(root.model_copy(update={"master": root.replica,
+                                                   "replica": root.master})
+                           for root in self.roots)})
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """Every engine that may hold the scenario's data: the master, then the replicas."""
+        return (self.master, *self.targets)
 
     @property
     def targets(self) -> tuple[str, ...]:

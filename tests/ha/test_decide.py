@@ -500,6 +500,12 @@ CASES = {
                             "completed)")),
         "alpha is dead (no heartbeat for 12.0 s); not failing over: this replica is not a "
         "consistent copy (its synchronization has not completed)"),
+    "automatic-failover-needs-a-running-scenario": (
+        dead_alpha(protected=False), AUTO,
+        (HOST_DEAD, waiting("the scenario was not running on alpha when it was last heard "
+                            "(replication stopped)")),
+        "alpha is dead (no heartbeat for 12.0 s); not failing over: the scenario was not running "
+        "on alpha when it was last heard (replication stopped)"),
     "witness-consents-to-failover": (
         dead_alpha(arbiter=witness(), replication=(stream(lag_seconds=60.0, durable_seq=1),)),
         WITNESS,

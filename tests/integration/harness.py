@@ -24,11 +24,14 @@ class EngineProcess:
     """One `standby engine` process."""
 
     def __init__(self, home: Path, name: str, log_dir: Path,
-                 bind: tuple[Path, Path] | None = None) -> None:
+                 bind: tuple[Path, Path] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         """``bind=(source, target)``: run the engine in its own mount namespace where
         ``source`` is mounted on ``target``, so that several engines on this one machine can
-        each have their own directory at one configured path (as separate hosts would)."""
+        each have their own directory at one configured path (as separate hosts would).
+        ``env``: extra environment for the engine (and so for the workload commands it runs)."""
         self.bind = bind
+        self.env = dict(env or {})
         self.home = home
         self.name = name
         self.log_path = log_dir / f"{name}.log"
@@ -53,7 +56,8 @@ class EngineProcess:
                        str(target), *command]
         self.proc = subprocess.Popen(
             command,
-            stdout=log, stderr=subprocess.STDOUT, env={"STANDBY_LOG_LEVEL": "INFO", **os.environ})
+            stdout=log, stderr=subprocess.STDOUT,
+            env={"STANDBY_LOG_LEVEL": "INFO", **os.environ, **self.env})
         deadline = time.monotonic() + timeout
         path = self.home / "engine.json"
         while time.monotonic() < deadline:

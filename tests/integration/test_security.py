@@ -38,7 +38,7 @@ def _rogue_session(alpha: EngineProcess, beta: EngineProcess) -> tuple[Session, 
                       timeout=10)
     session = Session(channel, Role.INITIATOR, "alpha")
     session.open("sync")
-    session.send(SyncBegin(scenario="files", root=0, method=SyncMethod.BLOCK,
+    session.send(SyncBegin(scenario="files", epoch=1, root=0, method=SyncMethod.BLOCK,
                            block_size=65536, range_blocks=256))
     entries: list[Entry] = []
     while True:

@@ -616,7 +616,7 @@ def test_failure_message_from_peer_in_handshake_state() -> None:
 
 BATCH = Batch(first_seq=1, count=1, compressed=False, raw_size=3, payload=b"abc")
 REPLICATION_SCRIPT: list[tuple[str, Message]] = [
-    ("initiator", ReplicateBegin(scenario="web", base_seq=10)),
+    ("initiator", ReplicateBegin(scenario="web", epoch=1, base_seq=10)),
     ("acceptor", ReplicateReady(received_seq=12, durable_seq=11)),
     ("initiator", BATCH),
     ("acceptor", Heartbeat(sent_at=1.5)),
@@ -651,7 +651,7 @@ def test_purpose_is_reported() -> None:
 
 FOREIGN = [
     (PURPOSE_SYNC, "initiator", BATCH),
-    (PURPOSE_SYNC, "initiator", ReplicateBegin(scenario="web", base_seq=0)),
+    (PURPOSE_SYNC, "initiator", ReplicateBegin(scenario="web", epoch=1, base_seq=0)),
     (PURPOSE_CONTROL, "acceptor", Ack(received_seq=1, durable_seq=1)),
     (PURPOSE_SYNC, "acceptor", Heartbeat(sent_at=0.0)),
     ("status", "initiator", Heartbeat(sent_at=0.0)),
@@ -660,7 +660,7 @@ FOREIGN = [
     (
         PURPOSE_REPLICATE,
         "initiator",
-        SyncBegin(scenario="s", root=0, method=1, block_size=4096, range_blocks=1),
+        SyncBegin(scenario="s", epoch=1, root=0, method=1, block_size=4096, range_blocks=1),
     ),
 ]
 

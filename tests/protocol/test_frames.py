@@ -128,11 +128,11 @@ def test_messages_without_payload_have_two_pieces() -> None:
 def test_fields_travel_in_declaration_order_with_enums_as_ints() -> None:
     """Meta is the list of field values in order; enums are plain ints; entries are lists."""
     begin = SyncBegin(
-        scenario="s", root=1, method=SyncMethod.BLOCK, block_size=4096, range_blocks=8
+        scenario="s", epoch=7, root=1, method=SyncMethod.BLOCK, block_size=4096, range_blocks=8
     )
     entry = Entry(path=b"p", kind=EntryKind.DIRECTORY, size=1, mtime_ns=2, mode=3, target=b"")
 
-    expected = ["s", 1, 2, 4096, 8]
+    expected = ["s", 7, 1, 2, 4096, 8]
     assert expected == msgpack.unpackb(encode(begin)[1])
     expected = [[[b"p", 2, 1, 2, 3, b""]]]
     assert expected == msgpack.unpackb(encode(Entries(entries=(entry,)))[1])
@@ -208,7 +208,7 @@ MALFORMED: list[tuple[str, bytes, str]] = [
     ("negative", meta_frame(Welcome.TYPE, [-1, "e"]), "Welcome.version must be >= 0"),
     ("bytes for str", meta_frame(Welcome.TYPE, [1, b"e"]), "Welcome.engine must be str"),
     ("hello order", meta_frame(Hello.TYPE, [2, 1, "e", "p"]), "Hello.version_min > version_max"),
-    ("bad method", meta_frame(SyncBegin.TYPE, ["s", 0, 3, 4096, 1]), "SyncBegin.method 3"),
+    ("bad method", meta_frame(SyncBegin.TYPE, ["s", 1, 0, 3, 4096, 1]), "SyncBegin.method 3"),
     ("ranges map", meta_frame(BlockRequest.TYPE, [1, {}]), "expected an array, got dict"),
     ("ranges bool", meta_frame(BlockRequest.TYPE, [1, [False]]), "must be int, got bool"),
     ("entries int", meta_frame(Entries.TYPE, [5]), "entries must be an array, got int"),

@@ -29,6 +29,7 @@ from standby.protocol import (
     EntriesEnd,
     Entry,
     EntryKind,
+    EpochClaim,
     FileEnd,
     Heartbeat,
     Hello,
@@ -66,6 +67,7 @@ ENTRY: dict[str, Any] = {
 }
 SYNC_BEGIN: dict[str, Any] = {
     "scenario": "s",
+    "epoch": 1,
     "root": 0,
     "method": SyncMethod.BLOCK,
     "block_size": 65536,
@@ -261,6 +263,14 @@ def test_entry_accepts_subclasses_on_the_slow_path() -> None:
             "Hello.version_min > version_max",
         ),
         (lambda: SyncBegin(**{**SYNC_BEGIN, "method": 3}), "SyncBegin.method 3 is unknown"),
+        (
+            lambda: EpochClaim(scenario="s", epoch=0, active="beta", failover=True),
+            "EpochClaim.epoch must be >= 1",
+        ),
+        (
+            lambda: EpochClaim(scenario="s", epoch=2, active="", failover=False),
+            "EpochClaim.active must name a host",
+        ),
         (
             lambda: SyncBegin(**{**SYNC_BEGIN, "block_size": 2048}),
             "SyncBegin.block_size must be a power of two in 4 KiB..4 MiB",

@@ -69,6 +69,11 @@ class ScenarioIn(_Body):
     source: str = Field("<request>", description="the file's name, used in error messages")
 
 
+class HandoverIn(_Body):
+    target: str | None = Field(None, description="the host to hand over to (default: the "
+                                                  "scenario's other host)")
+
+
 class SyncIn(_Body):
     method: Literal["file", "block"] | None = Field(None, description="default: the scenario's")
     ignore_same_size_time: bool | None = Field(None, description="default: the scenario's")
@@ -184,6 +189,28 @@ async def resume_scenario(engine: EngineDep, name: str) -> Item:
 async def stop_scenario(engine: EngineDep, name: str) -> Item:
     """Stop protecting, cancelling a running synchronization."""
     return await _call(engine.stop_scenario, name)
+
+
+@router.post("/scenarios/{name}/switchover", status_code=202)
+async def switchover_scenario(engine: EngineDep, name: str,
+                              body: HandoverIn | None = None) -> Item:
+    """On the active host: a planned switchover (stop the workload, drain, hand over). The
+    controller acts on it at its next cycle; poll /v1/status/{name} (``ha.request``)."""
+    return await _call(engine.ha_request, name, "switchover", body.target if body else None)
+
+
+@router.post("/scenarios/{name}/failover", status_code=202)
+async def failover_scenario(engine: EngineDep, name: str) -> Item:
+    """On a standby: promote this host, the active host being gone (the arbiter must agree)."""
+    return await _call(engine.ha_request, name, "failover", None)
+
+
+@router.post("/scenarios/{name}/switchback", status_code=202)
+async def switchback_scenario(engine: EngineDep, name: str,
+                              body: HandoverIn | None = None) -> Item:
+    """On the active host after a failover: resynchronize the old master (differences only),
+    then switch over to it."""
+    return await _call(engine.ha_request, name, "switchback", body.target if body else None)
 
 
 @router.post("/scenarios/{name}/sync", status_code=202)

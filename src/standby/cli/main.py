@@ -246,6 +246,37 @@ def sync_command(
     _run_job(_home(ctx), path("scenarios", name, "sync"), body, no_wait)
 
 
+TargetOption = Annotated[str | None, typer.Option(
+    "--to", metavar="HOST", help="The host to hand over to (default: the other host).")]
+HandoverWait = Annotated[bool, typer.Option(
+    "--no-wait", help="Return once the request is accepted instead of following it.")]
+
+
+@app.command("switchover")
+def switchover_command(ctx: typer.Context, name: ScenarioName, to: TargetOption = None,
+                       no_wait: HandoverWait = False) -> None:
+    """On the active host: planned switchover. The workload stops here, every change is made
+    durable on the replica, the replica becomes active, starts the workload and takes the
+    clients; with reverse replication it then replicates back here."""
+    _handover(_home(ctx), name, "switchover", to, no_wait)
+
+
+@app.command("failover")
+def failover_command(ctx: typer.Context, name: ScenarioName,
+                     no_wait: HandoverWait = False) -> None:
+    """On a standby: take over from an active host that is gone (refused while it still sends
+    heartbeats: use switchover there)."""
+    _handover(_home(ctx), name, "failover", None, no_wait)
+
+
+@app.command("switchback")
+def switchback_command(ctx: typer.Context, name: ScenarioName, to: TargetOption = None,
+                       no_wait: HandoverWait = False) -> None:
+    """On the active host after a failover: resynchronize the old master (only the
+    differences), then switch over to it."""
+    _handover(_home(ctx), name, "switchback", to, no_wait)
+
+
 @app.command("status")
 def status_command(
     ctx: typer.Context,
@@ -435,6 +466,74 @@ def _follow_job(home: Path, job: dict[str, Any], no_wait: bool) -> None:
         _fail(f"synchronization of {job['scenario']} {job['state']}: {job['error']}",
               EXIT_FAILED)
     typer.echo(f"synchronization of {job['scenario']} succeeded: {job_outcome(job)}")
+
+
+#: Seconds between polls of a switchover's progress, and how long the new active host may
+#: take to report its workload running once the epoch moved.
+HANDOVER_POLL = 0.5
+HANDOVER_SETTLE = 120.0
+
+
+def _handover(home: Path, name: str, kind: str, target: str | None, no_wait: bool) -> None:
+    """Request a switchover, failover or switchback; unless ``no_wait``, follow it to its end:
+    the epoch moved and the new active host runs the workload (exit 0), or refused (1)."""
+    with _engine(home) as api:
+        body = {"target": target} if kind != "failover" else None
+        ha = api.post(path("scenarios", name, kind), body)
+        if no_wait:
+            typer.echo(f"{kind} of {name} requested")
+            return
+        typer.echo(f"{kind} of {name} requested: {ha['reason']}")
+        try:
+            ha = _await_request(api, name, kind)
+            settled = _await_settled(api, name, ha)
+        except KeyboardInterrupt:
+            _fail(f"stopped waiting; the {kind} goes on in the engine (see `standby status "
+                  f"{name}`)", EXIT_INTERRUPTED)
+    if not settled:
+        _fail(f"{kind} of {name}: {ha['active']} is active at epoch {ha['epoch']} but does not "
+              f"report its workload running yet (see `standby status {name}` and `standby "
+              "events`)", EXIT_FAILED)
+    typer.echo(f"{kind} of {name} done: {ha['active']} is active at epoch {ha['epoch']}")
+
+
+def _ha_status(api: ApiClient, name: str) -> dict[str, Any]:
+    (scenario,) = api.get(path("status", name))
+    ha: dict[str, Any] = scenario.get("ha") or {}
+    return ha
+
+
+def _await_request(api: ApiClient, name: str, kind: str) -> dict[str, Any]:
+    last = ""
+    while True:
+        ha = _ha_status(api, name)
+        request = ha.get("request") or {}
+        if request.get("state") == "refused":
+            _fail(f"{kind} of {name} refused: {request['message']}", EXIT_FAILED)
+        if request.get("state") == "done":
+            return ha
+        line = ha.get("action") or ha.get("reason") or ""
+        if line and line != last:
+            typer.echo(f"  {line}")
+            last = line
+        time.sleep(HANDOVER_POLL)
+
+
+def _await_settled(api: ApiClient, name: str, ha: dict[str, Any]) -> bool:
+    """Wait until the new active host reports its workload running (seen from here through
+    its heartbeats, or here when this host took over)."""
+    deadline = time.monotonic() + HANDOVER_SETTLE
+    while time.monotonic() < deadline:
+        if ha.get("role") == "active":
+            if ha.get("workload") == "running" and not ha.get("action"):
+                return True
+        else:
+            host = ha.get("hosts", {}).get(ha.get("active"), {})
+            if host.get("role") == "active" and host.get("workload") == "running":
+                return True
+        time.sleep(HANDOVER_POLL)
+        ha = _ha_status(api, name)
+    return False
 
 
 def _show_events(home: Path, scenario: str | None, limit: int, follow: bool,

@@ -131,6 +131,8 @@ def scenario_status(s: Mapping[str, Any]) -> RenderableType:
             {k: v for k, v in replication.items() if v is not None and v != ""})]
         if hosts:
             parts += [Text("  replication per host:"), hosts_table(hosts)]
+    if s.get("ha"):
+        parts += ha_view(s["ha"])
     if s.get("hosts"):
         parts += [Text(f"  totals over {s.get('syncs', 0)} synchronization(s):"),
                   hosts_table(s["hosts"])]
@@ -176,3 +178,36 @@ def event_line(event: Mapping[str, Any]) -> Text:
         (f"{event['severity']:<7}", _SEVERITY_STYLE.get(event["severity"], "")), "  ",
         f"{event['scenario'] or '-'}  ", event["message"],
     )
+
+
+_HA_STYLE = {"serving": "green", "following": "green", "acting": "cyan", "witnessing": "green",
+             "isolated": "bold red", "conflict": "bold red", "active host dead": "bold red",
+             "waiting for the epoch": "yellow"}
+
+
+def ha_view(ha: Mapping[str, Any]) -> list[RenderableType]:
+    """High availability: this host's role, the epoch and the state, then each other host as
+    this host last heard it."""
+    head = Text.assemble("  high availability: ", (ha["role"], "bold"),
+                         f" at epoch {ha['epoch']} ({ha['active']} active), ",
+                         (ha["state"], _HA_STYLE.get(ha["state"], "")))
+    parts: list[RenderableType] = [head]
+    details = {"workload": ha.get("workload"), "arbitration": ha.get("arbitration"),
+               "action": ha.get("action"), "reason": ha.get("reason")}
+    request = ha.get("request")
+    if request:
+        details["request"] = f"{request['kind']} {request['state']}" + (
+            f": {request['message']}" if request.get("message") else "")
+    parts.append(_pairs({k: v for k, v in details.items() if v}))
+    hosts = ha.get("hosts") or {}
+    if hosts:
+        table = _table("  HOST", "ROLE", "EPOCH", "ACTIVE", "WORKLOAD", "LAST HEARD")
+        for name, host in sorted(hosts.items()):
+            heard = host.get("last_heard_s")
+            table.add_row(_text(f"  {name}"), _text(host.get("role")), _text(host.get("epoch")),
+                          _text(host.get("active")), _text(host.get("workload")),
+                          _text("never" if heard is None else f"{heard:.1f} s ago"))
+        parts.append(table)
+    for check in ha.get("checks") or ():
+        parts.append(_text(f"  check {check['name']}: {check['status']}"))
+    return parts

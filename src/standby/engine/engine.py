@@ -27,6 +27,7 @@ from ..config import ConfigError, Scenario, check_name, parse_document, parse_sc
 from ..protocol import ProtocolError, Reply, Role, ScenarioPut, ScenarioRemove
 from . import events as ev
 from .channel import LinkError, PeerMismatch, PeerRefused, connect, fetch_peer_certificate
+from .ha_manager import HaManager
 from .identity import Identity, fingerprint_of, parse_fingerprint
 from .jobs import Job, JobState
 from .replica_stream import ReplicaTarget
@@ -102,8 +103,10 @@ class Engine:
         self._job_seq = 0
         self._runtimes: dict[str, MasterReplication] = {}
         self._targets: dict[str, ReplicaTarget] = {}
+        self.ha = HaManager(self)
 
     def close(self) -> None:
+        self.ha.close()
         with self._lock:
             runtimes, self._runtimes = list(self._runtimes.values()), {}
             targets, self._targets = list(self._targets.values()), {}
@@ -130,6 +133,7 @@ class Engine:
             elif row.role == "replica":
                 target = self.replica_target(row.name)
                 target.start_drain()
+        self.ha.start_all()
 
     # --- identity and peers ---------------------------------------------------------------------
 
@@ -179,7 +183,9 @@ class Engine:
 
     def remove_peer(self, name: str) -> None:
         users = [s.name for s in self.store.scenarios()
-                 if name in (s.document["master"], s.document["replica"])]
+                 if name in (s.document["master"], s.document["replica"],
+                             *s.document.get("replicas", ()),
+                             s.document.get("ha", {}).get("witness", ""))]
         if users:
             raise EngineError(409, f"peer {name!r} is used by scenario(s) {', '.join(users)}; "
                               "remove them first")
@@ -187,8 +193,13 @@ class Engine:
             raise EngineError(404, f"no peer named {name!r}")
         self.emit(ev.PEER_REMOVED, f"peer {name} removed")
 
-    def open_session(self, engine_name: str, purpose: str) -> Session:
-        """Connect to a paired engine (or to ourselves) and complete the handshake."""
+    def open_session(self, engine_name: str, purpose: str, *, timeout: float = LINK_TIMEOUT,
+                     report: bool = True) -> Session:
+        """Connect to a paired engine (or to ourselves) and complete the handshake.
+
+        ``timeout`` bounds the set-up and then each read and write; ``report=False`` keeps
+        failures out of the event log (heartbeats retry every second and judge silence
+        themselves)."""
         if engine_name == self.name:
             address, fingerprint = self.peer_address, self.identity.fingerprint
         else:
@@ -198,18 +209,19 @@ class Engine:
                                   f"`standby peer add {engine_name} HOST:PORT FINGERPRINT`")
             address, fingerprint = peer.address, peer.fingerprint
         host_port = parse_address(address, DEFAULT_PEER_PORT)
+        emit = self.emit if report else _quiet
         try:
             channel = connect(host_port, self.identity, expected_fingerprint=fingerprint,
-                              timeout=LINK_TIMEOUT)
+                              timeout=timeout)
         except PeerMismatch as exc:
             self.emit(ev.PEER_MISMATCH, f"peer {engine_name} at {address}: {exc}")
             raise EngineError(502, f"peer {engine_name}: {exc}") from None
         except PeerRefused as exc:
-            self.emit(ev.PEER_NOT_TRUSTING, f"peer {engine_name} at {address}: {exc}")
+            emit(ev.PEER_NOT_TRUSTING, f"peer {engine_name} at {address}: {exc}")
             raise EngineError(502, f"peer {engine_name} refused this engine ({exc}); run "
                               f"`standby peer add {self.name} ...` on {engine_name}") from None
         except (LinkError, OSError) as exc:
-            self.emit(ev.PEER_UNREACHABLE, f"peer {engine_name} at {address}: {exc}")
+            emit(ev.PEER_UNREACHABLE, f"peer {engine_name} at {address}: {exc}")
             raise EngineError(502, f"cannot reach peer {engine_name} at {address}: {exc}") from None
         session = Session(channel, Role.INITIATOR, self.name)
         try:
@@ -254,6 +266,17 @@ class Engine:
                               "this engine replicates for another master")
         if existing is not None and existing.state in ("syncing",):
             raise EngineError(409, f"scenario {scenario.name!r} is synchronizing; stop it first")
+        record = self.store.epoch(scenario.name)
+        if record is not None and record[1] != self.name:
+            raise EngineError(409, f"{source}: {record[1]} is the active host of "
+                              f"{scenario.name!r} since epoch {record[0]}; change the "
+                              "scenario there")
+        if scenario.ha.witness:
+            reply = self.control(scenario.ha.witness, ScenarioPut(
+                name=scenario.name, document=scenario.document()))
+            if not reply.ok:
+                raise EngineError(502, f"witness engine {scenario.ha.witness!r} refused the "
+                                  f"scenario: {reply.message}")
         for target in scenario.targets:
             if target != self.name:
                 reply = self.control(target, ScenarioPut(
@@ -264,8 +287,10 @@ class Engine:
             else:
                 self._prepare_replica_roots(scenario)
         self.store.put_scenario(scenario.name, "master", scenario.document(), "stopped")
+        self.store.raise_epoch(scenario.name, *self.epoch_record(scenario.name))
         self.emit(ev.SCENARIO_ADDED, f"scenario {scenario.name} added ({len(scenario.roots)} "
                   f"root(s), {scenario.master} -> {scenario.replica})", scenario.name)
+        self.ha.refresh(scenario.name)
         return self.show_scenario(scenario.name)
 
     def receive_scenario(self, peer: str, message: ScenarioPut) -> Reply:
@@ -277,13 +302,26 @@ class Engine:
         if scenario.name != message.name or scenario.master != peer:
             return Reply(ok=False, message=f"engine {peer!r} may only send scenarios it is the "
                          "master of", data={})
+        existing = self.store.scenario(scenario.name)
+        record = self.store.epoch(scenario.name)
+        if record is not None and record[1] != peer:
+            return Reply(ok=False, message=f"{record[1]} is the active host of "
+                         f"{scenario.name!r} since epoch {record[0]}, not {peer}", data={})
+        if self.name == scenario.ha.witness:
+            if existing is not None and existing.role != "witness":
+                return Reply(ok=False, message=f"{scenario.name!r} is a scenario this engine "
+                             "replicates", data={})
+            self.store.put_scenario(scenario.name, "witness", scenario.document(), "witness")
+            self.store.raise_epoch(scenario.name, *self.epoch_record(scenario.name))
+            self.emit(ev.SCENARIO_RECEIVED, f"scenario {scenario.name} received from {peer}: "
+                      "this engine is its witness", scenario.name)
+            return Reply(ok=True, message="stored", data={})
         if self.name not in scenario.targets:
             return Reply(ok=False, message=f"this engine is {self.name!r}, not one of the "
                          f"scenario's replicas {', '.join(scenario.targets)}", data={})
-        existing = self.store.scenario(scenario.name)
-        if existing is not None and existing.role == "master":
+        if existing is not None and existing.role != "replica":
             return Reply(ok=False, message=f"{scenario.name!r} is a scenario this engine is the "
-                         "master of", data={})
+                         f"{existing.role} of", data={})
         try:
             self._prepare_replica_roots(scenario)
         except EngineError as exc:
@@ -296,8 +334,10 @@ class Engine:
                              f"{exc.message}", data={})
         self.store.put_scenario(scenario.name, "replica", scenario.document(),
                                 existing.state if existing else "stopped")
+        self.store.raise_epoch(scenario.name, *self.epoch_record(scenario.name))
         self.emit(ev.SCENARIO_RECEIVED, f"scenario {scenario.name} received from {peer}",
                   scenario.name)
+        self.ha.refresh(scenario.name)
         return Reply(ok=True, message="stored", data={})
 
     def _start_cascade(self, scenario: Scenario) -> None:
@@ -323,8 +363,9 @@ class Engine:
         row = self.store.scenario(name)
         if row is None:
             return Reply(ok=True, message="not present", data={})
-        if row.role != "replica" or row.document["master"] != peer:
+        if row.role == "master" or row.document["master"] != peer:
             return Reply(ok=False, message=f"{peer!r} is not the master of {name!r}", data={})
+        self.ha.remove(name)
         derived = f"{name}.cascade"[:63]
         if self.store.scenario(derived) is not None:
             try:
@@ -385,6 +426,13 @@ class Engine:
                                   "engines stay in step") from None
             if not reply.ok:
                 raise EngineError(502, f"replica engine {target} refused: {reply.message}")
+        if scenario.ha.witness:
+            try:
+                self.control(scenario.ha.witness, ScenarioRemove(name=name))
+            except EngineError as exc:  # a witness holds no data: forget it here regardless
+                log.warning("scenario %s: the witness %s was not told of the removal: %s",
+                            name, scenario.ha.witness, exc.message)
+        self.ha.remove(name)
         self._drop_target(name)
         shutil.rmtree(spool_directory(self.home, scenario), ignore_errors=True)
         self.store.remove_scenario(name)
@@ -497,6 +545,67 @@ class Engine:
         if role != "master":
             raise EngineError(409, f"scenario {name!r} is controlled by its master engine "
                               f"{scenario.master!r}; run this command there")
+
+    # --- epochs and roles (high availability) -----------------------------------------------------
+
+    def epoch_record(self, name: str) -> tuple[int, str]:
+        """The scenario's epoch record on this host: (epoch, active host). A scenario that has
+        never had a promotion is at epoch 1 with its configured master active."""
+        record = self.store.epoch(name)
+        if record is not None:
+            return record
+        row = self.store.scenario(name)
+        return 1, str(row.document["master"]) if row is not None else ""
+
+    def fence(self, name: str, peer: str, epoch: int) -> str | None:
+        """Whether ``peer`` may write this scenario's replica at ``epoch``: None when it may,
+        else the refusal (an event says so). Changes from an older epoch, or from another host
+        than the one this host's record names active, are refused."""
+        ours, active = self.epoch_record(name)
+        if epoch > ours or (epoch == ours and active == peer):
+            return None
+        refusal = (f"scenario {name}: {peer} writes at epoch {epoch}, but this host knows "
+                   f"epoch {ours} with {active} active; {peer} must step down")
+        self.emit(ev.STALE_EPOCH, refusal, name)
+        return refusal
+
+    def retire_target(self, name: str) -> None:
+        """The replica side of a scenario ends because this host takes over: what it holds is
+        applied (OSError when that fails), then its state and spool are dropped."""
+        with self._lock:
+            target = self._targets.get(name)
+        if target is None and (self.home / "replica-spool" / name).exists():
+            target = self.replica_target(name)
+        if target is not None:
+            target.retire()
+        self._drop_target(name)
+
+    def forget_target(self, name: str) -> None:
+        """Drop any replica-side state of a scenario (a demoted host starts afresh)."""
+        self._drop_target(name)
+
+    def stop_replication(self, name: str) -> int:
+        """Stop the scenario's replication from this host (a demotion); returns how many
+        captured changes some replica had not made durable."""
+        with self._lock:
+            runtime = self._runtimes.pop(name, None)
+        unsent = 0
+        if runtime is not None:
+            streams = getattr(runtime, "streams", None)
+            if streams is not None:
+                durable = min((seq for _, _, seq in streams()), default=0)
+                unsent = max(0, runtime.spool.last_seq - durable)
+            runtime.stop()
+        job = self._job_for(name)
+        if job is not None:
+            job.cancel()
+        return unsent
+
+    def ha_request(self, name: str, kind: str, target: str | None) -> dict[str, Any]:
+        """An operator's switchover, failover or switchback: handed to the scenario's HA
+        controller, which acts on it at its next cycle. Returns the HA status."""
+        self._scenario(name)
+        return self.ha.request(name, kind, target)
 
     # --- synchronization jobs -------------------------------------------------------------------
 
@@ -612,6 +721,7 @@ class Engine:
                 summary["replication"] = runtime.status()
             elif row.role == "replica":
                 summary["replication"] = self.replica_target(row.name).status()
+            summary["ha"] = self.ha.status(row.name)
             out.append(summary)
         return out
 
@@ -631,6 +741,11 @@ class Engine:
         level = {"info": logging.INFO, "warning": logging.WARNING}.get(row.severity,
                                                                         logging.ERROR)
         log.log(level, "%s %s", event.code, message)
+
+
+def _quiet(event: ev.EventType, message: str, scenario: str | None = None) -> None:
+    """``emit`` for failures nobody needs an event for (logged at debug level only)."""
+    log.debug("%s %s", event.code, message)
 
 
 def _accumulate(stats: dict[str, Any], report: dict[str, Any]) -> None:

@@ -1,7 +1,7 @@
 """The catalog of events: stable IDs, severities, and what the operator should do.
 
 IDs never change meaning and are never reused. The first digit groups them: 1 engine and peers,
-2 scenarios and synchronization, 3 protocol and security. docs/events.md lists every one (a test
+2 scenarios and synchronization, 3 protocol and security, 4 high availability. docs/events.md lists every one (a test
 keeps the two in step).
 """
 
@@ -128,6 +128,82 @@ PATH_REFUSED = _e(
     "remove it (`standby peer remove`); otherwise report it as a bug.",
 )
 SESSION_ERROR = _e("SB3003", ERR, "peer session ended by an error")
+
+# --- high availability: Is Alive ----------------------------------------------------------------
+HOST_HEARD = _e("SB4001", INFO, "heartbeats from a host of the scenario arrive again")
+HOST_DEAD = _e(
+    "SB4002", ERR, "the active host is declared dead: no heartbeat within the timeout and no "
+    "check passes",
+    "If automatic failover is off or not allowed, the next event says why; check the host, and "
+    "run `standby failover NAME` on the standby to promote it if the active host is lost.",
+)
+REPLICA_UNREACHABLE = _e(
+    "SB4003", WARN, "a standby sends no heartbeats: the scenario has no standby there",
+    "Check that the standby's engine runs and that its peer port is reachable.",
+)
+CHECK_FAILED = _e(
+    "SB4004", WARN, "an Is Alive check of the active host failed",
+    "Read the reason; the active host is declared dead only when its heartbeats stop too.",
+)
+CHECK_RECOVERED = _e("SB4005", INFO, "an Is Alive check of the active host passes again")
+ARBITER_UNREACHABLE = _e(
+    "SB4006", WARN, "the arbiter (witness or etcd) does not answer",
+    "Check the witness engine or the etcd endpoints: without them no host can be promoted, and "
+    "an active host that also loses its standbys stops its workload.",
+)
+ARBITER_REACHABLE = _e("SB4007", INFO, "the arbiter (witness or etcd) answers again")
+# --- high availability: decisions -----------------------------------------------------------------
+DECISION = _e("SB4100", INFO, "high-availability decision: what this host does now, and why")
+FAILOVER_WAITING = _e(
+    "SB4101", WARN, "no automatic failover: waiting for the operator",
+    "Read the reason. If the active host is really lost, run `standby failover NAME` on this "
+    "host; with peer arbitration make sure the old master cannot come back on its own first.",
+)
+ISOLATED = _e(
+    "SB4102", ERR, "the active host lost its arbiter's authority: its workload is stopped",
+    "This host could reach neither its standbys nor the arbiter (or lost its etcd lease). It "
+    "stays stopped until it learns the current epoch; check its network.",
+)
+WAITING_FOR_EPOCH = _e(
+    "SB4103", WARN, "a returning active host stays passive until it learns the current epoch",
+    "Bring a peer or the arbiter back. If the other hosts are lost for good, run "
+    "`standby failover NAME` on this host.",
+)
+EPOCH_CONFLICT = _e(
+    "SB4104", ERR, "two hosts claim the same epoch: the workload is kept stopped",
+    "Make sure the workload runs on one host at most, then run `standby failover NAME` on the "
+    "host that should be active.",
+)
+REQUEST_ACCEPTED = _e("SB4105", INFO, "switchover, failover or switchback requested")
+REQUEST_REFUSED = _e(
+    "SB4106", WARN, "switchover, failover or switchback refused",
+    "Read the reason: it says what must hold first (a reachable, consistent replica; a silent "
+    "active host for a failover) and what to run instead.",
+)
+# --- high availability: actions -------------------------------------------------------------------
+EPOCH_RAISED = _e("SB4201", INFO, "epoch raised: a new host is active from this epoch on")
+PROMOTED = _e("SB4202", INFO, "this host became the active host of the scenario")
+DEMOTED = _e("SB4203", INFO, "this host became a standby of the scenario")
+WORKLOAD_STARTED = _e("SB4204", INFO, "workload started")
+WORKLOAD_STOPPED = _e("SB4205", INFO, "workload stopped")
+REDIRECTED = _e("SB4206", INFO, "clients redirected to the active host")
+REPLICATION_DRAINED = _e("SB4207", INFO, "every change is durable on the new active host")
+REVERSE_REPLICATION = _e("SB4208", INFO, "replication to the other host started")
+UNREPLICATED_CHANGES = _e(
+    "SB4209", WARN, "changes made here never reached the host that took over",
+    "They stay only in this host's previous copy, and the resynchronization from the active "
+    "host overwrites them: copy them aside first if they matter.",
+)
+HA_ACTION_FAILED = _e(
+    "SB4210", ERR, "a high-availability action failed",
+    "Read the reason (a workload that does not start, a redirection refused, a drain that timed "
+    "out); the controller decides again at its next cycle.",
+)
+STALE_EPOCH = _e(
+    "SB4211", WARN, "a request from an older epoch was refused",
+    "A host that has not learned the current epoch tried to replicate or claim: it steps down "
+    "once it hears from the active host.",
+)
 
 CATALOG: dict[str, EventType] = {
     ev.code: ev for ev in list(globals().values()) if isinstance(ev, EventType)

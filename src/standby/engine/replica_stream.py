@@ -81,6 +81,7 @@ class ReplicaTarget:
         self.received_bytes = 0
         self.received_records = 0
         self._draining = False
+        self.retired = False  # this host took over (retire()): nothing more is applied
         self.last_failure: str | None = None  # the last apply failure reported (SB2210)
         if self._spool_dir.exists():
             self._open_spool()
@@ -163,6 +164,9 @@ class ReplicaTarget:
     def receive(self, first_seq: int, records: list[Message], ack: str) -> None:
         """Records ``first_seq..`` in order (already cut to the ones not received before)."""
         with self.lock:
+            if self.retired:
+                raise RemoteProtocolError(f"{self.engine.name} took over scenario {self.name}: "
+                                          "it applies no more changes")
             if self.suspended or self.backlog:
                 spool = self._open_spool()
                 if spool.last_seq != first_seq - 1:
@@ -213,26 +217,46 @@ class ReplicaTarget:
             self._draining = True
         threading.Thread(target=self._drain, name=f"drain-{self.name}", daemon=True).start()
 
+    def _apply_spooled(self) -> None:
+        """Apply the next slice of the spooled backlog and make it durable (under the lock)."""
+        assert self._spool is not None
+        batch = self._spool.read(self.applied + 1, DRAIN_BYTES)
+        applier = self.applier()
+        for seq, data in batch:
+            (record,) = decode_records(data, 1)
+            applier.apply(record)
+            self.applied = seq
+            if applier.needs_barrier:
+                self.flush()
+        self.flush()
+        self._spool.trim(self.applied_durable)
+
+    def retire(self) -> None:
+        """This host takes over the scenario: apply every change held in the spool (a
+        suspended replica's too), make it durable, close, and refuse anything more.
+
+        Raises:
+            OSError: applying failed (a full disk); the target stays usable, not retired.
+        """
+        with self.lock:
+            self.suspended = False
+            while self._spool is not None and self.backlog:
+                self._apply_spooled()
+            self.flush()
+            self.retired = True
+        self.close()
+
     def _drain(self) -> None:
         """Apply the spooled backlog in order, in slices, letting the stream in between."""
         try:
             while True:
                 with self.lock:
-                    if self.suspended or not self.backlog or self._spool is None:
+                    if self.suspended or self.retired or not self.backlog or self._spool is None:
                         self.flush()
                         if self._spool is not None and not self.backlog:
                             self._spool.trim(self._spool.last_seq)
                         return
-                    batch = self._spool.read(self.applied + 1, DRAIN_BYTES)
-                    applier = self.applier()
-                    for seq, data in batch:
-                        (record,) = decode_records(data, 1)
-                        applier.apply(record)
-                        self.applied = seq
-                        if applier.needs_barrier:
-                            self.flush()
-                    self.flush()
-                    self._spool.trim(self.applied_durable)
+                    self._apply_spooled()
         except Exception as exc:  # OSError, SpoolError, RemoteProtocolError, or a bug
             if not isinstance(exc, OSError | SpoolError | RemoteProtocolError):
                 log.exception("scenario %s: applying the spooled changes failed", self.name)
@@ -272,6 +296,10 @@ class ReplicaStream:
             self.session.fail(ev.PROTOCOL_ERROR.code,
                               f"{self.engine.name} does not replicate scenario "
                               f"{begin.scenario!r} for {self.peer}; add the scenario again")
+            return
+        refusal = self.engine.fence(begin.scenario, self.peer, begin.epoch)
+        if refusal is not None:
+            self.session.fail(ev.STALE_EPOCH.code, refusal)
             return
         scenario = parse_document(row.document, f"scenario {begin.scenario!r}")
         ack = scenario.replication.ack

@@ -24,6 +24,7 @@ sends only what differs).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
@@ -94,6 +95,16 @@ SYNC_RETRY = 10.0
 SMALL_FILE = 4 * 1024 * 1024
 #: Seconds of throughput history kept for the status.
 THROUGHPUT_WINDOW = 10.0
+
+
+class DrainError(Exception):
+    """A drain did not finish; the message says what was missing."""
+
+
+@dataclass(slots=True)
+class _DrainWaiter:
+    ready: threading.Event = field(default_factory=threading.Event)
+    seq: int = 0
 
 
 @dataclass(slots=True)
@@ -173,6 +184,7 @@ class MasterReplication:
         self._sync_job: Job | None = None
         self._sync_known = threading.Event()  # set once a sync job started, or none is needed
         self._sync_request: tuple[str | None, bool | None] | None = None
+        self._drain_waiters: list[_DrainWaiter] = []  # see drain()
         # The last spool record whose index changes are committed: nothing past it is sent.
         self._committed_seq = self.index.committed_seq if self.index.valid else 0
 
@@ -263,7 +275,11 @@ class MasterReplication:
         for number, watcher in enumerate(self._watchers):
             poller.register(watcher.fileno(), select.POLLIN)
             by_fd[watcher.fileno()] = number
+        drained_at = 0.0
         while not self.stopping:
+            if self._drain_waiters and time.monotonic() - drained_at >= 0.05:
+                drained_at = time.monotonic()  # a path that cannot be read is retried, not spun on
+                self._drain_now()
             if self._sync_request is not None:
                 method, ignore = self._sync_request
                 self._sync_request = None
@@ -279,6 +295,68 @@ class MasterReplication:
             self._finish_round()
             self._flush_or_degrade()
             self._periodic()
+
+    def _drain_now(self) -> None:
+        """For drain(): read every notification the kernel holds, look at every dirty path
+        now (in whole, whatever the rehash rate), and commit; then the waiters learn the last
+        record that holds a change made before they asked."""
+        self._drain_events()
+        for dirty in self._dirty.values():
+            dirty.due = 0.0
+        self._next_full.clear()
+        self._process_due()
+        self._finish_round()
+        self._flush_or_degrade()
+        if self._dirty or not self._streaming():
+            return  # degraded, or a path could not be read yet: try again at the next turn
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            waiter.seq = self._committed_seq
+            waiter.ready.set()
+
+    def drain(self, replica: str, timeout: float) -> int:
+        """Wait until every change made on the master before this call is durable on
+        ``replica`` (a planned switchover: the workload has stopped, nothing may be lost).
+
+        Returns:
+            The last sequence number that had to be durable.
+
+        Raises:
+            DrainError: not done within ``timeout`` seconds (the link is down, the spool is
+                degraded, a synchronization runs), or the runtime stopped meanwhile.
+        """
+        link = next((link for link in self.links if link.replica == replica), None)
+        if link is None:
+            raise DrainError(f"{replica} is not a replica of scenario {self.name}")
+        deadline = time.monotonic() + timeout
+        waiter = _DrainWaiter()
+        self._drain_waiters.append(waiter)
+        while not waiter.ready.wait(0.1):
+            if self.stopping or not self.capturing:
+                raise DrainError(f"scenario {self.name}: replication stopped during the drain")
+            if time.monotonic() > deadline:
+                self._cancel_drain(waiter)
+                raise DrainError(f"scenario {self.name}: changes could not all be read within "
+                                 f"{timeout:g} s (phase {self.phase}, {len(self._dirty)} dirty "
+                                 "path(s))")
+        with self._ack_cond:
+            while link.durable_seq < waiter.seq:
+                if self.stopping or time.monotonic() > deadline:
+                    raise DrainError(
+                        f"scenario {self.name}: {replica} made changes durable up to "
+                        f"{link.durable_seq}, not {waiter.seq}, within {timeout:g} s "
+                        f"(link {'up' if link.up else 'down'})")
+                self._ack_cond.wait(0.1)
+        return waiter.seq
+
+    def _cancel_drain(self, waiter: _DrainWaiter) -> None:
+        with contextlib.suppress(ValueError):
+            self._drain_waiters.remove(waiter)
+
+    def streams(self) -> list[tuple[str, bool, int]]:
+        """(replica, link up, last change durable there) for each replica."""
+        with self._ack_cond:
+            return [(link.replica, link.up, link.durable_seq) for link in self.links]
 
     def _take_events(self, number: int, timeout: float = 0.0) -> None:
         for event in self._watchers[number].read(timeout):
@@ -726,7 +804,9 @@ class MasterReplication:
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
             try:
-                session.send(ReplicateBegin(scenario=self.name, base_seq=self.spool.base_seq))
+                epoch, _ = self.engine.epoch_record(self.name)
+                session.send(ReplicateBegin(scenario=self.name, epoch=epoch,
+                                            base_seq=self.spool.base_seq))
                 ready = session.expect(ReplicateReady)
                 self._stream(link, session, ready)
             except (LinkError, OSError, PeerFailure, ProtocolError) as exc:

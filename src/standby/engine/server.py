@@ -119,6 +119,10 @@ class PeerServer:
                     replica.run()
                 finally:
                     scenario = replica.scenario_name
+            elif hello.purpose == "ha":
+                from .heartbeat import serve_ha_session
+
+                serve_ha_session(engine, session, peer)
             elif hello.purpose == "replicate":
                 from .replica_stream import ReplicaStream
 

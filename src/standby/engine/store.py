@@ -1,4 +1,4 @@
-"""The engine's durable state in SQLite: peers, scenarios, events and reports.
+"""The engine's durable state in SQLite: peers, scenarios, epochs, events and reports.
 
 One connection shared by the engine's threads behind a lock; WAL mode so readers (the API) do
 not wait for writers. Every write is its own transaction, committed before the call returns.
@@ -29,11 +29,17 @@ CREATE TABLE IF NOT EXISTS peers (
 );
 CREATE TABLE IF NOT EXISTS scenarios (
     name TEXT PRIMARY KEY,
-    role TEXT NOT NULL CHECK (role IN ('master', 'replica')),
+    role TEXT NOT NULL CHECK (role IN ('master', 'replica', 'witness')),
     document TEXT NOT NULL,
     state TEXT NOT NULL,
     consistent INTEGER NOT NULL DEFAULT 0,
     stats TEXT NOT NULL DEFAULT '{}',
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS epochs (
+    scenario TEXT PRIMARY KEY,
+    epoch INTEGER NOT NULL CHECK (epoch >= 1),
+    active TEXT NOT NULL,
     updated_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
@@ -104,8 +110,32 @@ class Store:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._migrate()
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
+
+    def _migrate(self) -> None:
+        """Bring a database made by an older release to the current schema."""
+        row = self._db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND "
+                               "name = 'scenarios'").fetchone()
+        if row is not None and "'witness'" not in row[0]:
+            # Scenarios gained the witness role: SQLite cannot alter a CHECK, so copy.
+            self._db.executescript("""
+                BEGIN IMMEDIATE;
+                ALTER TABLE scenarios RENAME TO scenarios_old;
+                CREATE TABLE scenarios (
+                    name TEXT PRIMARY KEY,
+                    role TEXT NOT NULL CHECK (role IN ('master', 'replica', 'witness')),
+                    document TEXT NOT NULL,
+                    state TEXT NOT NULL,
+                    consistent INTEGER NOT NULL DEFAULT 0,
+                    stats TEXT NOT NULL DEFAULT '{}',
+                    updated_at REAL NOT NULL
+                );
+                INSERT INTO scenarios SELECT * FROM scenarios_old;
+                DROP TABLE scenarios_old;
+                COMMIT;
+            """)
 
     def close(self) -> None:
         with self._lock:
@@ -202,7 +232,31 @@ class Store:
 
     def remove_scenario(self, name: str) -> bool:
         with self._tx() as db:
+            db.execute("DELETE FROM epochs WHERE scenario = ?", (name,))
             return db.execute("DELETE FROM scenarios WHERE name = ?", (name,)).rowcount > 0
+
+    # --- epochs ---------------------------------------------------------------------------------
+
+    def epoch(self, scenario: str) -> tuple[int, str] | None:
+        """The scenario's epoch record on this host: (epoch, active host), or None."""
+        rows = self._query("SELECT epoch, active FROM epochs WHERE scenario = ?", (scenario,))
+        return (int(rows[0][0]), str(rows[0][1])) if rows else None
+
+    def raise_epoch(self, scenario: str, epoch: int, active: str) -> bool:
+        """Record (epoch, active) durably if ``epoch`` is above the stored one (or none is
+        stored). Epochs only go up: returns False, and changes nothing, otherwise; storing the
+        record already held is a no-op that returns True."""
+        with self._tx() as db:
+            row = db.execute("SELECT epoch, active FROM epochs WHERE scenario = ?",
+                             (scenario,)).fetchone()
+            if row is not None:
+                if (row[0], row[1]) == (epoch, active):
+                    return True
+                if row[0] >= epoch:
+                    return False
+            db.execute("INSERT OR REPLACE INTO epochs (scenario, epoch, active, updated_at) "
+                       "VALUES (?, ?, ?, ?)", (scenario, epoch, active, time.time()))
+            return True
 
     # --- events ---------------------------------------------------------------------------------
 

@@ -356,8 +356,9 @@ class _RootSync:
             raise JobFailed(exc.message) from None
         reader: threading.Thread | None = None
         try:
+            epoch, _ = self.engine.epoch_record(name)
             self.session.send(SyncBegin(
-                scenario=name, root=self.index,
+                scenario=name, epoch=epoch, root=self.index,
                 method=SyncMethod.BLOCK if self.options.method == "block" else SyncMethod.FILE,
                 block_size=self.bs, range_blocks=self.rb))
             self.progress.phase = "listing"

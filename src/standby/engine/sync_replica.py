@@ -51,6 +51,7 @@ from ..protocol import (
 from ..replica.confine import ConfinedRoot
 from ..storage.hashing import hash_file, new_buffer
 from ..storage.tree import ListingError, scan_tree
+from .events import STALE_EPOCH
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -168,6 +169,9 @@ class ReplicaSync:
         elif row.role == "replica" and self.engine.replica_target(begin.scenario).suspended:
             reason = (f"scenario {begin.scenario!r} is suspended on {self.engine.name}: run "
                       f"`standby resume {begin.scenario}` there first")
+        elif (fenced := self.engine.fence(begin.scenario, self.peer, begin.epoch)) is not None:
+            self.session.fail(STALE_EPOCH.code, fenced)
+            return None
         if reason is not None or row is None:
             self.session.fail("SB2103", reason or "unknown scenario")
             return None

@@ -66,7 +66,8 @@ consents, else wait for it or refuse with Alert REQUEST_REFUSED):
  9   standby, active host not dead               follow it: stop, ReleaseLease if held
 10   standby, active host dead                   Alert HOST_DEAD. Automatic failover needs
                                                  ``auto_failover``, a confirmed host, a consistent
-                                                 replica and the arbiter's consent: promote at a
+                                                 replica, a scenario that was running on the
+                                                 active host and the arbiter's consent: promote at a
                                                  new epoch. Otherwise Alert
                                                  FAILOVER_WAITING_FOR_OPERATOR (not while an etcd
                                                  lease is being won)
@@ -524,6 +525,9 @@ def _automatic(view: HaView, now: float, cfg: HaConfig, epoch: int) -> _Verdict:
     if state is None or not state.consistent:
         return _Verdict(refusal="this replica is not a consistent copy (its synchronization "
                                 "has not completed)")
+    if not view.protected:
+        return _Verdict(refusal=f"the scenario was not running on {view.active} when it was "
+                                "last heard (replication stopped)")
     if view.arbiter.mode != "peer":
         return _consent(view, now, cfg, epoch)
     if state.caught_up or (state.lag_seconds is not None and state.lag_seconds <= cfg.max_lag):

@@ -168,6 +168,9 @@ class HaView:
     arbiter: Arbiter = PeerArbiter()
     workload: WorkloadState = "unknown"
     request: OperatorRequest | None = None
+    #: On a standby: the active host was replicating the scenario (it was started there) when
+    #: it was last heard. A stopped scenario is not protected: no automatic failover.
+    protected: bool = True
 
     @property
     def role(self) -> Role:

@@ -74,6 +74,7 @@ RECORD_TYPE_MIN = 128
 PURPOSE_CONTROL = "control"
 PURPOSE_SYNC = "sync"
 PURPOSE_REPLICATE = "replicate"
+PURPOSE_HA = "ha"
 
 
 class Role(enum.Enum):
@@ -390,6 +391,8 @@ class SyncBegin(Message):
     SENDER: ClassVar[Role] = Role.INITIATOR
 
     scenario: str
+    #: The epoch of the master's record: a replica that knows a higher one refuses (fencing).
+    epoch: int
     root: int  # index into the scenario's roots
     method: int  # SyncMethod
     block_size: int
@@ -664,6 +667,8 @@ class ReplicateBegin(Message):
     SENDER: ClassVar[Role] = Role.INITIATOR
 
     scenario: str
+    #: The epoch of the master's record: a replica that knows a higher one refuses (fencing).
+    epoch: int
     base_seq: int
 
 
@@ -749,6 +754,49 @@ class Heartbeat(Message):
     SENDER: ClassVar[Role] = Role.EITHER
 
     sent_at: float
+
+
+# --- high availability ---------------------------------------------------------------------------
+#
+# An "ha" session carries Is Alive heartbeats and epoch claims between the hosts of scenarios
+# (master, replicas, witness). The initiator sends one request at a time; the acceptor answers
+# each with a Reply whose ``data`` is its own status for that scenario. The status documents
+# are plain data, checked by the engine (standby.engine.ha_status), not here.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HaHeartbeat(Message):
+    """Is Alive: the sender's status for one scenario (its epoch record, role, workload and
+    replication state). The acceptor answers with a Reply carrying its own."""
+
+    TYPE: ClassVar[int] = 60
+    SENDER: ClassVar[Role] = Role.INITIATOR
+
+    scenario: str
+    status: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpochClaim(Message):
+    """Ask a witness to record (``epoch``, ``active``) for a scenario: a compare-and-set that
+    succeeds only above the witness's record. ``failover``: the sender promotes itself because
+    the active host is silent (the witness refuses while it still hears that host); otherwise
+    the active host hands over to ``active``. Answered with a Reply (ok, and the record the
+    witness holds afterwards)."""
+
+    TYPE: ClassVar[int] = 61
+    SENDER: ClassVar[Role] = Role.INITIATOR
+
+    scenario: str
+    epoch: int
+    active: str
+    failover: bool
+
+    def _validate(self) -> None:
+        if self.epoch < 1:
+            raise LocalProtocolError("EpochClaim.epoch must be >= 1")
+        if not self.active:
+            raise LocalProtocolError("EpochClaim.active must name a host")
 
 
 # --- records: the changes inside a Batch -------------------------------------------------------
@@ -954,6 +1002,8 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
         Batch,
         Ack,
         Heartbeat,
+        HaHeartbeat,
+        EpochClaim,
     )
 }
 

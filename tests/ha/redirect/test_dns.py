@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import base64
 import os
-import secrets
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import dns.exception
 import dns.message
@@ -33,105 +29,16 @@ from standby.ha.redirect import (
     RedirectError,
     StaleEpochError,
 )
-
-NAMED = "/usr/sbin/named"
-ZONE = "standby.test."
-KEY = "standby-test-key"
+from tests.dnsserver import KEY, NAMED, ZONE, Named, start_named
 
 pytestmark = pytest.mark.skipif(not os.path.exists(NAMED), reason="BIND9 named is not installed")
-
-
-@dataclass(frozen=True)
-class Named:
-    port: int
-    secret: str
-    log: Path
-
-
-def _free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (named needs both)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port: int = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-
-
-def _write_config(directory: Path, port: int, secret: str) -> Path:
-    (directory / "standby.test.db").write_text(
-        "$TTL 60\n"
-        f"@ IN SOA ns.{ZONE} admin.{ZONE} 1 60 60 600 60\n"
-        f"@ IN NS ns.{ZONE}\n"
-        "ns IN A 127.0.0.1\n"
-    )
-    conf = directory / "named.conf"
-    conf.write_text(f"""
-options {{
-    directory "{directory}";
-    pid-file "{directory}/named.pid";
-    session-keyfile "{directory}/session.key";
-    managed-keys-directory "{directory}";
-    listen-on port {port} {{ 127.0.0.1; }};
-    listen-on-v6 {{ none; }};
-    recursion no;
-    dnssec-validation no;
-    notify no;
-}};
-controls {{ }};
-key "{KEY}" {{ algorithm hmac-sha256; secret "{secret}"; }};
-zone "{ZONE}" {{
-    type primary;
-    file "{directory}/standby.test.db";
-    update-policy {{ grant {KEY} zonesub ANY; }};
-}};
-""")
-    return conf
-
-
-def _wait_answering(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"named exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            answer = dns.query.udp(dns.message.make_query(ZONE, "SOA"), "127.0.0.1", 0.2, port)
-        except (dns.exception.Timeout, OSError):
-            time.sleep(0.05)
-            continue
-        if answer.answer:
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"named did not answer SOA queries:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
 def named(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Named]:
     """A BIND9 server with one zone that accepts updates signed by a fresh TSIG key."""
-    directory = tmp_path_factory.mktemp("named")
-    secret = base64.b64encode(secrets.token_bytes(32)).decode()
-    port = _free_port()
-    conf = _write_config(directory, port, secret)
-    log = directory / "named.log"
-    with log.open("wb") as log_file:
-        # -g: foreground, log to stderr; no -u: it keeps our user and never touches /etc/bind
-        # beyond reading the built-in trust anchors; -n 1: one worker thread is plenty.
-        proc = subprocess.Popen([NAMED, "-g", "-4", "-n", "1", "-c", str(conf)],
-                                stdout=log_file, stderr=subprocess.STDOUT)
-    try:
-        _wait_answering(port, proc, log)
-        yield Named(port, secret, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with start_named(tmp_path_factory.mktemp("named")) as server:
+        yield server
 
 
 def _redirect(named: Named, name: str, *, secret: str | None = None, key: str = KEY,

@@ -393,6 +393,25 @@ CASES = {
         (Alert(AlertCode.REPLICA_UNREACHABLE, "beta has sent no heartbeat for 10.0 s: files has "
                                               "no standby there until it returns"),),
         "active at epoch 5: workload running; no heartbeat from beta for 10.0 s"),
+    "active-resynchronizes-a-standby-that-came-back": (
+        active(replication=(), replicating=True), CFG, (Resynchronize("beta"),),
+        "active at epoch 5: workload running; beta follows without a stream: resynchronizing "
+        "it (differences only), then replicating to it"),
+    "active-leaves-a-stopped-scenario-alone": (
+        active(replication=(), replicating=False), CFG, (),
+        "active at epoch 5: workload running"),
+    "active-without-reverse-replication-leaves-it-alone": (
+        active(replication=(), replicating=True), HaConfig(reverse_replication=False), (),
+        "active at epoch 5: workload running"),
+    "active-waits-for-a-standby-to-follow-its-epoch": (
+        active(replication=(), replicating=True, peers=(heard("beta", epoch=4),)), CFG, (),
+        "active at epoch 5: workload running"),
+    "switchback-resynchronizes-once": (
+        active(request=OperatorRequest("switchback"), replication=(), replicating=True), CFG,
+        (Resynchronize("beta"),),
+        "switchback to beta: resynchronizing it from this host (differences only) before "
+        "switching over; active at epoch 5: workload running; beta follows without a stream: "
+        "resynchronizing it (differences only), then replicating to it"),
     "failover-asked-of-the-active-host": (
         active(request=failover()), CFG,
         (refused("failover refused: this host is already the active host"),),

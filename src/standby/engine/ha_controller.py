@@ -304,13 +304,16 @@ class HaController:
             else:
                 peers.append(PeerStatus(host, heard.at, heard.status.epoch, heard.status.active))
         role = "active" if active == engine.name else "standby"
+        row = engine.store.scenario(self.name)
+        replicating = row is not None and row.role == "master" and \
+            row.state in ("running", "syncing")
         return HaView(
             scenario=self.name, host=engine.name, epoch=epoch, active=active,
             monitoring_since=self.monitoring_since, peers=tuple(peers),
             checks=tuple(self._check_states.values()) if role == "standby" else (),
             replication=self._replication(role, active), arbiter=self._arbiter(active, now),
             workload=self.workload_state, request=self._operator_request(),
-            protected=self._protected(role, active))
+            protected=self._protected(role, active), replicating=replicating)
 
     def _replication(self, role: str, active: str) -> tuple[ReplicationState, ...]:
         engine = self.engine

@@ -77,10 +77,16 @@ def promote(engine: Engine, name: str, epoch: int) -> bool:
                         f"applied before taking over: {exc}") from None
     oriented = scenario.reoriented(engine.name)
     shutil.rmtree(spool_directory(engine.home, oriented), ignore_errors=True)
-    engine.store.put_scenario(name, "master", oriented.document(), "stopped")
+    # "running" with reverse replication: the scenario is to be protected from here on, and
+    # the controller starts replicating once the other host follows (rule 7 of decide()).
+    state = "running" if scenario.ha.reverse_replication else "stopped"
+    engine.store.put_scenario(name, "master", oriented.document(), state)
     engine.store.update_scenario(name, consistent=False)  # the other host is not synced yet
+    then = f"it replicates to {oriented.replica} once that host follows" \
+        if state == "running" else f"start replication to {oriented.replica} with `standby " \
+        f"scenario start {name}`"
     engine.emit(ev.PROMOTED, f"scenario {name}: {engine.name} is the active host from epoch "
-                f"{epoch}; it replicates to {oriented.replica} once that host follows", name)
+                f"{epoch}; {then}", name)
     return True
 
 

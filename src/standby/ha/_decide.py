@@ -58,7 +58,10 @@ consents, else wait for it or refuse with Alert REQUEST_REFUSED):
                                                  first and a switchover is refused
  7   active                                      RenewLease (etcd); StartWorkload + Redirect when
                                                  the workload is stopped; Alert
-                                                 REPLICA_UNREACHABLE per silent standby; a failover
+                                                 REPLICA_UNREACHABLE per silent standby;
+                                                 Resynchronize a standby that follows this epoch
+                                                 without a stream, when the scenario is started
+                                                 here and ``reverse_replication``; a failover
                                                  request is refused
  8   standby, failover requested                 refused while the active host is heard or when
                                                  this replica is not a consistent copy; otherwise
@@ -433,7 +436,8 @@ def _returning(view: HaView, now: float, cfg: HaConfig, lease: tuple[Action, ...
 
 
 def _serve(view: HaView, now: float, cfg: HaConfig, lease: tuple[Action, ...]) -> Decision:
-    """Rule 7: keep the workload running, and say which standbys fell silent."""
+    """Rule 7: keep the workload running, say which standbys fell silent, and give a stream
+    to a standby that follows without one (the old master back after a failover)."""
     actions = list(lease)
     if view.workload == "stopped":
         actions += [StartWorkload(), Redirect(view.epoch, view.host)]
@@ -445,6 +449,12 @@ def _serve(view: HaView, now: float, cfg: HaConfig, lease: tuple[Action, ...]) -
                                  f"heartbeat for {silence:.1f} s: {view.scenario} has no "
                                  "standby there until it returns"))
             reason += f"; no heartbeat from {peer.name} for {silence:.1f} s"
+        elif (view.replicating and cfg.reverse_replication
+              and (peer.epoch, peer.active) == (view.epoch, view.host)
+              and view.replication_of(peer.name) is None):
+            actions.append(Resynchronize(peer.name))
+            reason += f"; {peer.name} follows without a stream: resynchronizing it " \
+                      "(differences only), then replicating to it"
     return Decision(tuple(actions), reason)
 
 
@@ -463,7 +473,8 @@ def _hand_over(view: HaView, now: float, cfg: HaConfig, lease: tuple[Action, ...
     state = view.replication_of(name)
     if state is None or not (state.connected and state.consistent):
         if kind == "switchback":
-            return Decision((*serving.actions, Resynchronize(name)),
+            resync = () if Resynchronize(name) in serving.actions else (Resynchronize(name),)
+            return Decision((*serving.actions, *resync),
                             f"switchback to {name}: resynchronizing it from this host "
                             f"(differences only) before switching over; {serving.reason}")
         return _refused(f"switchover refused: {name} is not a connected, consistent replica "

@@ -171,6 +171,9 @@ class HaView:
     #: On a standby: the active host was replicating the scenario (it was started there) when
     #: it was last heard. A stopped scenario is not protected: no automatic failover.
     protected: bool = True
+    #: On the active host: the operator wants the scenario replicated (it is started here), so
+    #: a standby that follows this host without a stream gets one (reverse replication).
+    replicating: bool = False
 
     @property
     def role(self) -> Role:

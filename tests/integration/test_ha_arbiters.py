@@ -23,12 +23,20 @@ from standby.engine.session import Session
 from standby.ha.redirect import DnsRecord, DnsRedirect, StaleEpochError
 from standby.protocol import PURPOSE_HA, EpochClaim, Reply, Role
 from tests.dnsserver import KEY, NAMED, ZONE, Named, query, start_named
+from tests.ha.arbiter.etcdserver import EtcdServer
 
 from .harness import EngineProcess, pair
 from .netns import wait_until
-from .test_ha import Host, Pair, _app_pid, _engine, _pid_alive, contiguous, last_written, \
-    subprocess_stop
-from ..ha.arbiter.etcdserver import EtcdServer
+from .test_ha import (
+    Host,
+    Pair,
+    _app_pid,
+    _engine,
+    _pid_alive,
+    contiguous,
+    last_written,
+    subprocess_stop,
+)
 
 pytestmark = pytest.mark.integration
 

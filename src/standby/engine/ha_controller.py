@@ -169,6 +169,7 @@ class HaController:
         self._view: HaView | None = None
         self._task: threading.Thread | None = None
         self._task_name = ""
+        self._drained = False
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._main, name=f"ha-{self.name}", daemon=True)
@@ -272,6 +273,7 @@ class HaController:
 
     def _run(self, view: HaView, actions: Sequence[Action]) -> None:
         """Run actions in order; the first that fails ends the decision."""
+        self._drained = False  # set by a DrainReplication that succeeded in this decision
         for action in actions:
             if self._stop.is_set():
                 return
@@ -312,7 +314,7 @@ class HaController:
             monitoring_since=self.monitoring_since, peers=tuple(peers),
             checks=tuple(self._check_states.values()) if role == "standby" else (),
             replication=self._replication(role, active), arbiter=self._arbiter(active, now),
-            workload=self.workload_state, request=self._operator_request(),
+            workload=self.workload_state, request=self._operator_request((epoch, active)),
             protected=self._protected(role, active), replicating=replicating)
 
     def _replication(self, role: str, active: str) -> tuple[ReplicationState, ...]:
@@ -394,10 +396,7 @@ class HaController:
             if request is None or request.state != "pending":
                 return
             refused = alerts.get(AlertCode.REQUEST_REFUSED)
-            if (view.epoch, view.active) != request.record:
-                request.state = "done"
-                request.message = f"{view.active} is active at epoch {view.epoch}"
-            elif refused is not None:
+            if refused is not None:
                 request.state, request.message = "refused", refused.message
             elif request.deadline is not None and now > request.deadline:
                 request.state = "refused"
@@ -432,10 +431,16 @@ class HaController:
 
     # --- the operator ------------------------------------------------------------------------------
 
-    def _operator_request(self) -> OperatorRequest | None:
+    def _operator_request(self, record: tuple[int, str]) -> OperatorRequest | None:
+        """The pending request for decide(); one made before the epoch record changed is done
+        (its promotion or handover happened) and is not shown to decide() again."""
         with self._lock:
             request = self._request
             if request is None or request.state != "pending":
+                return None
+            if record != request.record:
+                request.state = "done"
+                request.message = f"{record[1]} is active at epoch {record[0]}"
                 return None
             return OperatorRequest(request.kind, request.target)  # type: ignore[arg-type]
 
@@ -528,7 +533,8 @@ class HaController:
         elif isinstance(action, Promote):
             roles.promote(self.engine, self.name, action.epoch)
         elif isinstance(action, Demote):
-            roles.demote(self.engine, self.name, action.epoch, action.active)
+            roles.demote(self.engine, self.name, action.epoch, action.active,
+                         drained=self._drained)
         elif isinstance(action, Redirect):
             self._redirect(action.epoch, action.active)
         elif isinstance(action, DrainReplication):
@@ -612,6 +618,7 @@ class HaController:
         if runtime is None or drain is None:
             raise HaActionError("the scenario does not replicate from this host")
         seq = drain(replica, self.ha.switchover_timeout)
+        self._drained = True
         self.engine.emit(ev.REPLICATION_DRAINED, f"scenario {self.name}: every change up to "
                          f"{seq} is durable on {replica}", self.name)
 

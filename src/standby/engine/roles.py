@@ -90,14 +90,16 @@ def promote(engine: Engine, name: str, epoch: int) -> bool:
     return True
 
 
-def demote(engine: Engine, name: str, epoch: int, active: str) -> bool:
+def demote(engine: Engine, name: str, epoch: int, active: str, *, drained: bool = False) -> bool:
     """Make this host a standby following ``active`` from ``epoch`` on.
 
     Replication from this host stops, and its spool and index are dropped (after a planned
     switchover they hold nothing unsent; after a failover what they hold is superseded, and
-    counted in an event). The document is turned to name ``active`` master, and this host's
-    copy is marked inconsistent until ``active`` has resynchronized it. Returns whether
-    anything changed.
+    counted in an event). The document is turned to name ``active`` master. ``drained``: a
+    planned handover made every change durable on ``active`` first, so this host's copy is
+    exactly ``active``'s as of the handover and stays consistent; otherwise (stepping down
+    after a failover) it may hold changes ``active`` lacks, and is marked inconsistent until
+    ``active`` has resynchronized it. Returns whether anything changed.
 
     Raises:
         RoleError: a higher epoch is known.
@@ -115,10 +117,11 @@ def demote(engine: Engine, name: str, epoch: int, active: str) -> bool:
     engine.forget_target(name)
     oriented = scenario.reoriented(active)
     engine.store.put_scenario(name, "replica", oriented.document(), "stopped")
-    engine.store.update_scenario(name, consistent=False)
+    engine.store.update_scenario(name, consistent=drained and unsent == 0)
+    copy = f"its copy is {active}'s as of the handover" if drained and unsent == 0 else \
+        f"its copy is inconsistent until {active} has resynchronized it"
     engine.emit(ev.DEMOTED, f"scenario {name}: {engine.name} is a standby of {active} from "
-                f"epoch {epoch}; its copy is inconsistent until {active} has resynchronized it",
-                name)
+                f"epoch {epoch}; {copy}", name)
     return True
 
 

@@ -71,6 +71,8 @@ WRITE_QUEUE = 8
 #: Smaller payloads (the files of a tree of small files) are written at once by the session
 #: thread: disjoint ranges, so the order against queued writes does not matter.
 WRITE_BEHIND_MIN = 256 * 1024
+#: The messages that change the replica root (the others only read it).
+_CHANGES = frozenset({Remove, MakeDir, MakeSymlink, MakeHardLink, SetAttrs, FileBegin})
 #: FileResult message for a digest mismatch: the master sends the file again, whole.
 DIGEST_MISMATCH = "digest mismatch"
 
@@ -125,6 +127,8 @@ class ReplicaSync:
         self._file: _File | None = None
         self._staged: list[_Staged] = []
         self._staged_bytes = 0
+        self._replica_row = False  # the scenario is stored here as a replica (not a loop)
+        self._changed = False  # a message that changes the replica arrived (_first_change)
         self._buffer = new_buffer()
 
     # --- session --------------------------------------------------------------------------------
@@ -137,9 +141,9 @@ class ReplicaSync:
         self.block_size, self.range_blocks = begin.block_size, begin.range_blocks
         assert self.scenario_name is not None
         row = self.engine.store.scenario(self.scenario_name)
-        if row is not None and row.role == "replica":
-            self.engine.store.update_scenario(self.scenario_name, consistent=False,
-                                              state="syncing")
+        self._replica_row = row is not None and row.role == "replica"
+        if self._replica_row:
+            self.engine.store.update_scenario(self.scenario_name, state="syncing")
         try:
             root = ConfinedRoot(root_path)
         except OSError as exc:
@@ -214,9 +218,20 @@ class ReplicaSync:
                 handler = handlers.get(type(message))
                 if handler is None:
                     raise RemoteProtocolError(f"unexpected {type(message).__name__} during sync")
+                if not self._changed and type(message) in _CHANGES:
+                    self._first_change()
                 handler(message)
         finally:
             self._abandon()
+
+    def _first_change(self) -> None:
+        """The replica is about to change: from here until the synchronization completes it
+        is a mix of old and new, so it is marked inconsistent. A synchronization that finds
+        nothing to change (a switchover's reverse replication of an unchanged tree) leaves a
+        consistent replica consistent."""
+        self._changed = True
+        if self._replica_row and self.scenario_name is not None:
+            self.engine.store.update_scenario(self.scenario_name, consistent=False)
 
     def _finish(self) -> None:
         if self._file is not None:

@@ -137,6 +137,7 @@ class HaController:
         self.ha = scenario.ha
         self.cfg = HaConfig.from_options(scenario.ha)
         self.hosts = scenario.hosts
+        self._switchable = not (scenario.replicas or scenario.cascade)
         self.signature = self.signature_of(scenario)
         me = self.engine.name
         self.peers = tuple(host for host in self.hosts if host != me)
@@ -398,12 +399,6 @@ class HaController:
             refused = alerts.get(AlertCode.REQUEST_REFUSED)
             if refused is not None:
                 request.state, request.message = "refused", refused.message
-            elif request.deadline is not None and now > request.deadline:
-                request.state = "refused"
-                request.message = f"{request.kind} not done within " \
-                                  f"{self.ha.switchover_timeout:g} s: {decision.reason}"
-                self.engine.emit(ev.REQUEST_REFUSED, f"scenario {self.name}: "
-                                 f"{request.message}", self.name)
 
     def _note_hosts(self, view: HaView, now: float) -> None:
         for peer in view.peers:
@@ -417,17 +412,19 @@ class HaController:
                                  f"again (epoch {peer.epoch}, {peer.active} active)", self.name)
 
     def _note_arbiter(self, reachable: bool, detail: str) -> None:
-        was, self._arbiter_reachable = self._arbiter_reachable, reachable
-        if was is None and reachable:
-            return
-        if reachable and not was:
-            self.engine.emit(ev.ARBITER_REACHABLE, f"scenario {self.name}: {detail}", self.name)
-        elif not reachable and (was or was is None) and \
+        """Events when the arbiter stops or starts answering; during the first ``timeout``
+        seconds an arbiter not heard yet is not reported (its first answer is on its way)."""
+        was = self._arbiter_reachable
+        if reachable:
+            if was is False:
+                self.engine.emit(ev.ARBITER_REACHABLE, f"scenario {self.name}: {detail}",
+                                 self.name)
+            self._arbiter_reachable = True
+        elif was is not False and \
                 time.monotonic() - self.monitoring_since >= self.cfg.timeout:
             self.engine.emit(ev.ARBITER_UNREACHABLE, f"scenario {self.name}: {detail}",
                              self.name)
-        elif not reachable and was is None:
-            self._arbiter_reachable = None  # not reported during start-up: judge again later
+            self._arbiter_reachable = False
 
     # --- the operator ------------------------------------------------------------------------------
 
@@ -442,6 +439,13 @@ class HaController:
                 request.state = "done"
                 request.message = f"{record[1]} is active at epoch {record[0]}"
                 return None
+            if request.deadline is not None and time.monotonic() > request.deadline:
+                request.state = "refused"
+                request.message = f"{request.kind} not done within " \
+                                  f"{self.ha.switchover_timeout:g} s: {self.reason}"
+                self.engine.emit(ev.REQUEST_REFUSED, f"scenario {self.name}: "
+                                 f"{request.message}", self.name)
+                return None
             return OperatorRequest(request.kind, request.target)  # type: ignore[arg-type]
 
     def request(self, kind: str, target: str | None) -> dict[str, Any]:
@@ -450,6 +454,9 @@ class HaController:
 
         if kind not in ("switchover", "failover", "switchback"):
             raise EngineError(400, f"unknown request {kind!r}")
+        if not self._switchable:
+            raise EngineError(409, f"scenario {self.name} has several replicas (replicas, "
+                              f"cascade): a {kind} is not supported for it yet")
         epoch, active = self.engine.epoch_record(self.name)
         me = self.engine.name
         if kind != "failover" and active != me:
@@ -515,9 +522,9 @@ class HaController:
         return "active host dead" if AlertCode.HOST_DEAD in alerts else "following"
 
     def _status_for_peers(self) -> Any:
-        scenario = self.manager._scenario(self.name)
+        scenario = self.manager.scenario(self.name)
         if scenario is None:
-            raise HaActionError(f"scenario {self.name} is gone")
+            raise ValueError(f"scenario {self.name} is gone")  # the link reports it, quietly
         return self.manager.local_status(scenario)
 
     # --- actions ------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ class HaManager:
         only turned around (a switchover) keeps its controller."""
         from .ha_controller import HaController
 
-        scenario = self._scenario(name)
+        scenario = self.scenario(name)
         wanted = scenario is not None and self._controlled(name) and \
             scenario.master != scenario.replica
         with self._lock:
@@ -96,7 +96,7 @@ class HaManager:
         with self._lock:
             return self._controllers.get(name)
 
-    def _scenario(self, name: str) -> Scenario | None:
+    def scenario(self, name: str) -> Scenario | None:
         row = self.engine.store.scenario(name)
         if row is None:
             return None
@@ -127,7 +127,7 @@ class HaManager:
 
     def on_heartbeat(self, peer: str, message: HaHeartbeat) -> Reply:
         """A heartbeat from ``peer``: record its status, answer with ours."""
-        scenario = self._scenario(message.scenario)
+        scenario = self.scenario(message.scenario)
         if scenario is None:
             return Reply(ok=False, message=f"{self.engine.name} has no scenario "
                          f"{message.scenario!r}", data={})
@@ -188,7 +188,7 @@ class HaManager:
         row = self.engine.store.scenario(name)
         if row is None or row.role != "witness":
             return None
-        scenario = self._scenario(name)
+        scenario = self.scenario(name)
         epoch, active = self.engine.epoch_record(name)
         hosts = scenario.hosts if scenario is not None else ()
         return {"role": "witness", "epoch": epoch, "active": active,

@@ -18,15 +18,7 @@ from typing import Any
 
 from .events import EventType
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS peers (
-    name TEXT PRIMARY KEY,
-    address TEXT NOT NULL,
-    fingerprint TEXT NOT NULL UNIQUE,
-    cert_der BLOB NOT NULL,
-    added_at REAL NOT NULL
-);
+_SCENARIOS = """
 CREATE TABLE IF NOT EXISTS scenarios (
     name TEXT PRIMARY KEY,
     role TEXT NOT NULL CHECK (role IN ('master', 'replica', 'witness')),
@@ -36,6 +28,17 @@ CREATE TABLE IF NOT EXISTS scenarios (
     stats TEXT NOT NULL DEFAULT '{}',
     updated_at REAL NOT NULL
 );
+"""
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS peers (
+    name TEXT PRIMARY KEY,
+    address TEXT NOT NULL,
+    fingerprint TEXT NOT NULL UNIQUE,
+    cert_der BLOB NOT NULL,
+    added_at REAL NOT NULL
+);
+""" + _SCENARIOS + """
 CREATE TABLE IF NOT EXISTS epochs (
     scenario TEXT PRIMARY KEY,
     epoch INTEGER NOT NULL CHECK (epoch >= 1),
@@ -120,22 +123,10 @@ class Store:
                                "name = 'scenarios'").fetchone()
         if row is not None and "'witness'" not in row[0]:
             # Scenarios gained the witness role: SQLite cannot alter a CHECK, so copy.
-            self._db.executescript("""
-                BEGIN IMMEDIATE;
-                ALTER TABLE scenarios RENAME TO scenarios_old;
-                CREATE TABLE scenarios (
-                    name TEXT PRIMARY KEY,
-                    role TEXT NOT NULL CHECK (role IN ('master', 'replica', 'witness')),
-                    document TEXT NOT NULL,
-                    state TEXT NOT NULL,
-                    consistent INTEGER NOT NULL DEFAULT 0,
-                    stats TEXT NOT NULL DEFAULT '{}',
-                    updated_at REAL NOT NULL
-                );
-                INSERT INTO scenarios SELECT * FROM scenarios_old;
-                DROP TABLE scenarios_old;
-                COMMIT;
-            """)
+            self._db.executescript(
+                "BEGIN IMMEDIATE; ALTER TABLE scenarios RENAME TO scenarios_old;" + _SCENARIOS
+                + "INSERT INTO scenarios SELECT * FROM scenarios_old; DROP TABLE scenarios_old;"
+                  " COMMIT;")
 
     def close(self) -> None:
         with self._lock:

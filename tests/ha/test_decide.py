@@ -271,12 +271,23 @@ CASES = {
                workload="unknown"),
         WITNESS,
         (StopWorkload(), Alert(AlertCode.ISOLATED, "active at epoch 5 without the arbiter's "
-                               "authority: no contact with a standby or the witness since the "
-                               "engine started: stopping the workload of files, since this host "
-                               "may be the isolated one")),
+                               "authority: no contact with a standby or the witness for 600.0 s "
+                               "(lease 5 s): stopping the workload of files, since this host may "
+                               "be the isolated one")),
         "active at epoch 5 without the arbiter's authority: no contact with a standby or the "
-        "witness since the engine started: stopping the workload (this host may be the isolated "
+        "witness for 600.0 s (lease 5 s): stopping the workload (this host may be the isolated "
         "one)"),
+    "a-just-started-engine-keeps-its-workload-for-a-lease": (
+        active(peers=(PeerStatus("beta"),), arbiter=witness(reachable=False, last_contact=None,
+                                                             epoch=None, active=None),
+               monitoring_since=NOW - 1.0),
+        WITNESS,
+        (Alert(AlertCode.WAITING_FOR_EPOCH, "this host is stored as active at epoch 5, but no "
+               "peer or arbiter has confirmed the current epoch since the engine started. Bring "
+               "a peer or the arbiter back; if the other hosts are lost for good, run `standby "
+               "failover files` here"),),
+        "this host is stored as active at epoch 5, but no peer or arbiter has confirmed the "
+        "current epoch since the engine started: not starting the workload until one does"),
     "replica-alone-keeps-the-active-host-serving": (
         active(arbiter=witness(reachable=False, last_contact=NOW - 60)), WITNESS,
         (),
@@ -295,7 +306,12 @@ CASES = {
         active(arbiter=etcd(), workload="stopped"), ETCD,
         (AcquireLease(6),),
         "active at epoch 5 without the arbiter's authority: this host does not hold the etcd "
-        "lease (acquiring it at epoch 6); the workload stays stopped"),
+        "lease (acquiring it at epoch 6); nobody holds it, so the workload is left as it is"),
+    "an-engine-restart-does-not-stop-the-workload-for-a-free-lease": (
+        active(arbiter=etcd(), workload="running"), ETCD,
+        (AcquireLease(6),),
+        "active at epoch 5 without the arbiter's authority: this host does not hold the etcd "
+        "lease (acquiring it at epoch 6); nobody holds it, so the workload is left as it is"),
     "stale-active-never-regains-on-its-own": (
         active(arbiter=etcd(highest_epoch=7), peers=(heard("beta", ago=None),),
                workload="stopped"), ETCD,
@@ -314,7 +330,7 @@ CASES = {
                arbiter=witness(reachable=False, last_contact=None)), WITNESS,
         (refused("failover refused: the witness is unreachable"),),
         "failover refused: the witness is unreachable; active at epoch 5 without the arbiter's "
-        "authority: no contact with a standby or the witness since the engine started; the "
+        "authority: no contact with a standby or the witness for 600.0 s (lease 5 s); the "
         "workload stays stopped"),
     # Rule 5: a returning active host stays passive until it learns the epoch.
     "returning-master-stays-passive": (
@@ -526,10 +542,16 @@ CASES = {
         "alpha is dead (no heartbeat for 12.0 s); not failing over: the scenario was not running "
         "on alpha when it was last heard (replication stopped)"),
     "witness-consents-to-failover": (
-        dead_alpha(arbiter=witness(), replication=(stream(lag_seconds=60.0, durable_seq=1),)),
-        WITNESS,
+        dead_alpha(arbiter=witness()), WITNESS,
         (HOST_DEAD, *PROMOTE_6),
         "alpha is dead (no heartbeat for 12.0 s); failing over: promoting this host at epoch 6"),
+    "witness-consent-needs-a-caught-up-replica-too": (
+        dead_alpha(arbiter=witness(), replication=(stream(lag_seconds=60.0, durable_seq=1),)),
+        WITNESS,
+        (HOST_DEAD, waiting("the replica was not caught up (99 changes not durable, lag 60.0 s; "
+                            "max_lag 5 s)")),
+        "alpha is dead (no heartbeat for 12.0 s); not failing over: the replica was not caught "
+        "up (99 changes not durable, lag 60.0 s; max_lag 5 s)"),
     "witness-still-sees-alpha": (
         dead_alpha(arbiter=witness(sees_master=True)), WITNESS,
         (HOST_DEAD, waiting("the witness still sees alpha")),

@@ -98,12 +98,6 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]
                     print(f"----- {path.name} -----\n{path.read_text(errors='replace')[-5000:]}")
 
 
-def _ha_of(engine: EngineProcess) -> dict[str, Any]:
-    (status,) = engine.api("GET", "/v1/status/files")
-    ha: dict[str, Any] = status["ha"]
-    return ha
-
-
 def _events(engine: EngineProcess, code: str) -> list[dict[str, Any]]:
     return [e for e in engine.events("files") if e["code"] == code]
 
@@ -196,6 +190,7 @@ def _etcd_keys(server: EtcdServer) -> tuple[dict[str, Any] | None, int | None]:
 
 @pytest.fixture
 def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+    """A fresh etcd (requested before ``cluster``, so that it outlives the engines)."""
     server = EtcdServer(tmp_path / "etcd-data")
     try:
         yield server
@@ -203,8 +198,8 @@ def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
         server.stop()
 
 
-def test_etcd_lease_moves_to_the_standby_when_the_holder_dies(cluster: Cluster,
-                                                              etcd: EtcdServer) -> None:
+def test_etcd_lease_moves_to_the_standby_when_the_holder_dies(etcd: EtcdServer,
+                                                              cluster: Cluster) -> None:
     """alpha holds the lease at epoch 1 and serves; killed (engine and application), its lease
     runs out and beta wins it at epoch 2 and serves with every record. alpha, restarted, learns
     from etcd and beta that it lost: it never starts its application and follows beta."""
@@ -303,11 +298,12 @@ def test_witness_arbitrates_switchover_and_failover(cluster: Cluster) -> None:
     granted = _events(wit, "SB4201")
     assert any("handover claimed by alpha" in e["message"] for e in granted), granted
 
-    # alpha replicates from beta now; the operator's failover there is refused while beta
-    # sends heartbeats.
-    wait_until(lambda: alpha.status()["consistent"]
+    # alpha replicates from beta now (its journal grows past what alpha wrote itself); the
+    # operator's failover there is refused while beta sends heartbeats.
+    written = last_written(alpha)
+    wait_until(lambda: len(alpha.journal) > written + 20 and alpha.status()["consistent"]
                and alpha.ha()["hosts"]["beta"].get("workload") == "running", 30,
-               message="alpha a consistent replica of beta")
+               message="alpha receiving beta's changes")
     refused = alpha.engine.cli("failover", "files", check=False)
     assert refused.returncode == 1
     assert "failover refused: beta sent a heartbeat" in refused.stderr
@@ -324,7 +320,9 @@ def test_witness_arbitrates_switchover_and_failover(cluster: Cluster) -> None:
     ha = _status_json(wit)["ha"]
     assert (ha["epoch"], ha["active"]) == (3, "alpha")
     assert alpha.events("SB4002"), "beta not declared dead"
-    assert contiguous(alpha.journal)
+    journal = alpha.journal
+    assert journal[:written + 20] == list(range(1, written + 21)), "beta's records lost"
+    assert contiguous(journal)
 
     # beta, stale, claims with its real key: epoch 2 (its own) is not above the record...
     reply = _claim(wit, beta.engine, EpochClaim(scenario="files", epoch=2, active="beta",

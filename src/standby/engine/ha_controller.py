@@ -171,6 +171,10 @@ class HaController:
         self._task: threading.Thread | None = None
         self._task_name = ""
         self._drained = False
+        self._announced: str | None = None  # the shape of the last decision made an event
+        self._probed = threading.Event()  # the workload's state was probed once
+        self._first_probe_wait = scenario.ha.workload.check_timeout + 1 \
+            if scenario.ha.workload is not None else 0.0
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._main, name=f"ha-{self.name}", daemon=True)
@@ -240,6 +244,9 @@ class HaController:
         view = self._load_view(now)
         self._view = view
         self._note_hosts(view, now)
+        if self._workload is not None and not self._probed.is_set() and \
+                now - self.monitoring_since < self._first_probe_wait:
+            return  # learn first whether the workload runs here, rather than act on "unknown"
         if self._busy():
             if self._etcd is not None and isinstance(view.arbiter, EtcdArbiter) \
                     and view.arbiter.held:
@@ -251,10 +258,17 @@ class HaController:
         if not actions:
             return
         changes = [action for action in actions if not isinstance(action, RenewLease)]
-        if changes:
+        if not changes:
+            self._announced = None
+        elif _shape(decision.reason) != self._announced:  # once, not at every repeat
+            self._announced = _shape(decision.reason)
             self.engine.emit(ev.DECISION, f"scenario {self.name}: {decision.reason}", self.name)
         if all(isinstance(action, _QUICK) for action in actions):
             self._run(view, actions)
+            return
+        if all(isinstance(action, Resynchronize) for action in actions) and \
+                self.engine.runtime(self.name) is not None:
+            self._run(view, actions)  # it runs already: a nudge, not a task
             return
         self._task_name = ", ".join(type(action).__name__ for action in actions)
         self._task = threading.Thread(target=self._run_task, args=(view, actions),
@@ -266,21 +280,25 @@ class HaController:
         return task is not None and task.is_alive()
 
     def _run_task(self, view: HaView, actions: Sequence[Action]) -> None:
+        changed = False
         try:
-            self._run(view, actions)
+            changed = self._run(view, actions)
         finally:
             self._task_name = ""
-            self.kick()
+            if changed:  # decide again now; after a decision that changed nothing, at the tick
+                self.kick()
 
-    def _run(self, view: HaView, actions: Sequence[Action]) -> None:
-        """Run actions in order; the first that fails ends the decision."""
+    def _run(self, view: HaView, actions: Sequence[Action]) -> bool:
+        """Run actions in order; the first that fails ends the decision. Returns whether any
+        action changed something (an action that found its work done returns False)."""
         self._drained = False  # set by a DrainReplication that succeeded in this decision
+        changed = False
         for action in actions:
             if self._stop.is_set():
-                return
+                return changed
             kind = type(action).__name__
             try:
-                self._do(view, action)
+                changed = self._do(view, action) is not False or changed
             except Exception as exc:  # every failure is reported; the next cycle decides
                 if not isinstance(exc, _EXPECTED):
                     log.exception("scenario %s: %s failed", self.name, kind)
@@ -290,8 +308,9 @@ class HaController:
                     self.engine.emit(ev.HA_ACTION_FAILED, message, self.name)
                 else:
                     log.info("%s", message)
-                return
+                return changed
             self._failures.pop(kind, None)
+        return changed
 
     # --- the view ---------------------------------------------------------------------------------
 
@@ -529,7 +548,8 @@ class HaController:
 
     # --- actions ------------------------------------------------------------------------------------
 
-    def _do(self, view: HaView, action: Action) -> None:
+    def _do(self, view: HaView, action: Action) -> bool | None:
+        """Carry out one action; False when there was nothing to do."""
         me = self.engine.name
         if isinstance(action, StartWorkload):
             self._start_workload()
@@ -538,16 +558,16 @@ class HaController:
         elif isinstance(action, RaiseEpoch):
             self._raise_epoch(view, action.epoch, action.active)
         elif isinstance(action, Promote):
-            roles.promote(self.engine, self.name, action.epoch)
+            return roles.promote(self.engine, self.name, action.epoch)
         elif isinstance(action, Demote):
-            roles.demote(self.engine, self.name, action.epoch, action.active,
-                         drained=self._drained)
+            return roles.demote(self.engine, self.name, action.epoch, action.active,
+                                drained=self._drained)
         elif isinstance(action, Redirect):
             self._redirect(action.epoch, action.active)
         elif isinstance(action, DrainReplication):
             self._drain(action.replica)
         elif isinstance(action, StartReverseReplication | Resynchronize):
-            roles.replicate_to(self.engine, self.name, action.replica)
+            return roles.replicate_to(self.engine, self.name, action.replica)
         elif isinstance(action, AcquireLease):
             assert self._etcd is not None
             if not self._etcd.try_acquire(me, action.epoch):
@@ -559,6 +579,7 @@ class HaController:
         elif isinstance(action, ReleaseLease):
             assert self._etcd is not None
             self._etcd.release()
+        return None
 
     def _context(self, role: str) -> WorkloadContext:
         epoch, active = self.engine.epoch_record(self.name)
@@ -672,6 +693,8 @@ class HaController:
         running = self._workload.check(self._context("master"))
         if generation == self._workload_generation and not self._busy():
             self.workload_state = "running" if running else "stopped"
+        self._probed.set()
+        self.kick()
 
 
 # --- building the adapters from the configuration ----------------------------------------------------

@@ -293,6 +293,13 @@ class ReplicaStream:
         self.scenario_name = begin.scenario
         row = self.engine.store.scenario(begin.scenario)
         if row is None or not replicated_here(self.engine.name, row, self.peer):
+            epoch, active = self.engine.epoch_record(begin.scenario)
+            if row is not None and active != self.peer:  # a switchover moved the scenario
+                self.session.fail(ev.STALE_EPOCH.code,
+                                  f"{self.engine.name} follows {active} for scenario "
+                                  f"{begin.scenario!r} since epoch {epoch}; {self.peer} must "
+                                  f"step down (it does once it hears {active})")
+                return
             self.session.fail(ev.PROTOCOL_ERROR.code,
                               f"{self.engine.name} does not replicate scenario "
                               f"{begin.scenario!r} for {self.peer}; add the scenario again")

@@ -89,8 +89,10 @@ HEARTBEAT_INTERVAL = 1.0
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
 #: The degraded phase ends when the spool is back under this fraction of its limit.
 RECOVER_FRACTION = 0.25
-#: Seconds between retries of a failed initial synchronization.
-SYNC_RETRY = 10.0
+#: Seconds between retries of a failed initial synchronization: from the first, doubling up
+#: to the last. A switchover's reverse replication may be refused once, for the moment the old
+#: master takes to become a replica; a replica that stays down is asked every 10 s.
+SYNC_RETRY_MIN, SYNC_RETRY = 1.0, 10.0
 #: Files below this size are always compared in whole (the rate bound only matters for large).
 SMALL_FILE = 4 * 1024 * 1024
 #: Seconds of throughput history kept for the status.
@@ -185,6 +187,7 @@ class MasterReplication:
         self._sync_known = threading.Event()  # set once a sync job started, or none is needed
         self._sync_request: tuple[str | None, bool | None] | None = None
         self._drain_waiters: list[_DrainWaiter] = []  # see drain()
+        self._retry = threading.Event()  # see retry_now()
         # The last spool record whose index changes are committed: nothing past it is sent.
         self._committed_seq = self.index.committed_seq if self.index.valid else 0
 
@@ -683,6 +686,7 @@ class MasterReplication:
         self.phase = "syncing"
         self.index.clear()
         pending = list(self.scenario.targets)  # fan-out: one synchronization per replica
+        retry = SYNC_RETRY_MIN
         while pending and not self.stopping:
             try:
                 job_id = self.engine.start_sync_job(self.name, method, ignore,
@@ -690,7 +694,8 @@ class MasterReplication:
             except Exception as exc:  # EngineError: a sync already runs, a peer is down
                 log.info("scenario %s: synchronization not started: %s", self.name, exc)
                 self._sync_known.set()
-                self._wait_with_events(SYNC_RETRY)
+                self._wait_with_events(retry)
+                retry = min(retry * 2, SYNC_RETRY)
                 continue
             job = self._sync_job = self.engine.job_object(job_id)
             self._sync_known.set()
@@ -705,7 +710,8 @@ class MasterReplication:
             if job.state is JobState.CANCELLED:
                 self._stop.set()
                 return
-            self._wait_with_events(SYNC_RETRY)
+            self._wait_with_events(retry)
+            retry = min(retry * 2, SYNC_RETRY)
         if self.stopping:
             return
         # The synchronization superseded older records. Number on above anything a replica
@@ -725,9 +731,15 @@ class MasterReplication:
 
     def _wait_with_events(self, seconds: float) -> None:
         end = time.monotonic() + seconds
-        while not self.stopping and time.monotonic() < end:
+        while not self.stopping and time.monotonic() < end and not self._retry.is_set():
             self._drain_events()
             self._stop.wait(0.2)
+        self._retry.clear()
+
+    def retry_now(self) -> None:
+        """Cut short the wait before the next attempt of a failed synchronization (the HA
+        controller asks for it: the replica it was refused by has just become one)."""
+        self._retry.set()
 
     def _build_index(self, number: int) -> None:
         builder = self.builders[number]

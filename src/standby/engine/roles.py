@@ -142,6 +142,9 @@ def replicate_to(engine: Engine, name: str, replica: str) -> bool:
         raise RoleError(f"scenario {name}: {replica} is not its replica")
     runtime = engine.runtime(name)
     if runtime is not None and getattr(runtime, "capturing", True):
+        retry_now = getattr(runtime, "retry_now", None)
+        if retry_now is not None:
+            retry_now()  # a synchronization waiting to retry: the replica may be ready now
         return False
     try:
         engine.start_scenario(name)

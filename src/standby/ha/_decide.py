@@ -17,8 +17,7 @@ grant included). The *arbiter consents* to this host becoming active at an epoch
 ============  ====================================================================================
 arbitration   consent
 ============  ====================================================================================
-peer          always (the operator's word); an automatic failover also needs the replica to have
-              been caught up: durable up to the master's last sequence, or lag <= ``max_lag``
+peer          always (the operator's word)
 witness       the witness answered this cycle and does not see the active host
 etcd          this host holds the lease at that epoch until after the next cycle. Otherwise,
               when the lease is free, AcquireLease(epoch) now and promote next cycle (rule 3)
@@ -44,9 +43,10 @@ consents, else wait for it or refuse with Alert REQUEST_REFUSED):
                                                  at the top epoch
  4   active without the arbiter's authority      stop; Alert ISOLATED / LEASE_LOST while the
      (witness: no heartbeat nor witness          workload was not known stopped (this host may be
-     answer for ``lease_seconds``; etcd: no      the isolated one); keep trying for the lease,
-     lease at ``e`` until after the next         unless etcd granted a higher epoch. A failover
-     cycle)                                      request: operator failover
+     answer for ``lease_seconds``, counted from  the isolated one); keep trying for the lease,
+     the start of monitoring at the latest;      unless etcd granted a higher epoch. A lease that
+     etcd: no lease at ``e`` until after the     nobody holds is acquired without stopping. A
+     next cycle)                                 failover request: operator failover
  5   active, not confirmed (a returning host)    stay passive, never StartWorkload; Alert
                                                  WAITING_FOR_EPOCH. A failover request: operator
                                                  failover
@@ -69,8 +69,10 @@ consents, else wait for it or refuse with Alert REQUEST_REFUSED):
  9   standby, active host not dead               follow it: stop, ReleaseLease if held
 10   standby, active host dead                   Alert HOST_DEAD. Automatic failover needs
                                                  ``auto_failover``, a confirmed host, a consistent
-                                                 replica, a scenario that was running on the
-                                                 active host and the arbiter's consent: promote at a
+                                                 replica that was caught up (durable up to the
+                                                 master's last sequence, or lag <= ``max_lag``),
+                                                 a scenario that was running on the active host
+                                                 and the arbiter's consent: promote at a
                                                  new epoch. Otherwise Alert
                                                  FAILOVER_WAITING_FOR_OPERATOR (not while an etcd
                                                  lease is being won)
@@ -226,6 +228,7 @@ class _Verdict:
     actions: tuple[Action, ...] = ()
     refusal: str | None = None
     pending: bool = False
+    acquiring: bool = False  # pending only because nobody holds the lease yet: no danger
 
 
 def _stop(view: HaView) -> tuple[Action, ...]:
@@ -287,7 +290,7 @@ def _lease(view: HaView, arbiter: EtcdArbiter, now: float, cfg: HaConfig, epoch:
         return _Verdict(refusal=f"the etcd lease is held by {arbiter.holder}")
     wanted = max(epoch, arbiter.highest_epoch + 1)
     return _Verdict((AcquireLease(wanted),), f"this host does not hold the etcd lease "
-                    f"(acquiring it at epoch {wanted})", pending=True)
+                    f"(acquiring it at epoch {wanted})", pending=True, acquiring=True)
 
 
 def _consent(view: HaView, now: float, cfg: HaConfig, epoch: int) -> _Verdict:
@@ -314,12 +317,12 @@ def _authority(view: HaView, now: float, cfg: HaConfig) -> _Verdict:
             return _Verdict(refusal=f"etcd has granted epoch {arbiter.highest_epoch} to another "
                                     "host since")
         return _lease(view, arbiter, now, cfg, view.epoch)
-    contacts = [peer.last_heartbeat for peer in view.peers if peer.last_heartbeat is not None]
+    # The start of monitoring counts as a contact: an engine that has just started has its
+    # lease to hear from someone before it counts itself isolated (rule 5 keeps it passive).
+    contacts = [view.monitoring_since]
+    contacts += [peer.last_heartbeat for peer in view.peers if peer.last_heartbeat is not None]
     if arbiter.last_contact is not None:
         contacts.append(arbiter.last_contact)
-    if not contacts:
-        return _Verdict(refusal="no contact with a standby or the witness since the engine "
-                                "started")
     last = max(contacts)
     if now + cfg.interval < last + cfg.lease_seconds:
         return _Verdict()
@@ -408,8 +411,12 @@ def _as_active(view: HaView, now: float, cfg: HaConfig) -> Decision:
 
 
 def _without_authority(view: HaView, now: float, cfg: HaConfig, authority: _Verdict) -> Decision:
-    """Rule 4: the arbiter no longer backs this active host: its workload stops."""
+    """Rule 4: the arbiter no longer backs this active host: its workload stops (not while
+    it only acquires a lease nobody holds: nobody else can be active meanwhile)."""
     reason = f"active at epoch {view.epoch} without the arbiter's authority: {authority.refusal}"
+    if authority.acquiring and not _asked(view, "failover"):
+        return Decision(authority.actions, f"{reason}; nobody holds it, so the workload is "
+                        "left as it is")
     if view.workload == "stopped":
         decision = Decision(authority.actions, f"{reason}; the workload stays stopped")
     else:
@@ -539,9 +546,8 @@ def _automatic(view: HaView, now: float, cfg: HaConfig, epoch: int) -> _Verdict:
     if not view.protected:
         return _Verdict(refusal=f"the scenario was not running on {view.active} when it was "
                                 "last heard (replication stopped)")
-    if view.arbiter.mode != "peer":
-        return _consent(view, now, cfg, epoch)
-    if state.caught_up or (state.lag_seconds is not None and state.lag_seconds <= cfg.max_lag):
-        return _Verdict()
-    return _Verdict(refusal=f"the replica was not caught up ({_lag_text(state)}; max_lag "
-                            f"{cfg.max_lag:g} s)")
+    if not (state.caught_up or (state.lag_seconds is not None
+                                and state.lag_seconds <= cfg.max_lag)):
+        return _Verdict(refusal=f"the replica was not caught up ({_lag_text(state)}; max_lag "
+                                f"{cfg.max_lag:g} s)")
+    return _consent(view, now, cfg, epoch)

@@ -254,3 +254,23 @@ def test_bad_names_are_refused() -> None:
         EtcdArbiter(["http://127.0.0.1:1"], "a/b", "db1", 2, 1.0)
     with pytest.raises(ConfigError, match="host name"):
         EtcdArbiter(["http://127.0.0.1:1"], "s", "", 2, 1.0)
+
+
+def test_another_hosts_lease_stays_readable_to_its_last_second(make: MakeArbiter) -> None:
+    """etcd's gateway leaves zero fields out: in a lease's last second its TTL is missing from
+    the answer. That is "0 s left", not an unreachable etcd (which would make a standby refuse
+    a failover at exactly the wrong moment)."""
+    holder, watcher = make("db1"), make("db2")
+    assert holder.try_acquire("db1", 1)
+    holder.close()  # no renewals: the lease runs out within LEASE seconds
+    unreachable = []
+    deadline = time.monotonic() + LEASE + 2
+    while time.monotonic() < deadline:
+        seen = watcher.state(time.monotonic())
+        if not seen.reachable:
+            unreachable.append(seen.detail)
+        if seen.holder is None:
+            break
+        time.sleep(0.05)
+    assert unreachable == []
+    assert watcher.state(time.monotonic()).holder is None

@@ -241,8 +241,11 @@ class EtcdArbiter:
         return _Snapshot(leader, highest, epoch_mod)
 
     def _lease_ttl(self, deadline: float, lease: int) -> int:
-        """Seconds left on a lease; -1 when it has expired."""
-        return int(self._post(deadline, "kv/lease/timetolive", {"ID": lease})["TTL"])
+        """Seconds left on a lease; -1 when it has expired.
+
+        The gateway leaves out fields that are zero (proto3 JSON): in a lease's last second
+        the answer has no TTL at all, which means 0, not a malformed answer."""
+        return int(self._post(deadline, "kv/lease/timetolive", {"ID": lease}).get("TTL", 0))
 
     def _revoke(self, deadline: float, lease: int) -> None:
         """Revoke a lease, best effort: an unreachable etcd lets it run out by itself."""

@@ -103,6 +103,7 @@ def query(named: Named, name: str, rdtype: str = "A", *, netns: str | None = Non
             from pyroute2.netns import create_socket  # type: ignore[import-untyped]
 
             sock = create_socket(netns, socket.AF_INET, socket.SOCK_DGRAM, flags=0)
+            sock.setblocking(False)  # dnspython waits with select(): a blocking one hangs
         response = dns.query.udp(message, named.address, timeout, named.port, sock=sock)
     except (dns.exception.Timeout, OSError):
         return []

@@ -133,8 +133,8 @@ RETURNING_ALERT = Alert(AlertCode.WAITING_FOR_EPOCH, f"{RETURNING}. Bring a peer
                         "back; if the other hosts are lost for good, run `standby failover files` "
                         "here")
 FOLLOWING = "standby following alpha at epoch 5"
-HANDOVER_6 = (StopWorkload(), DrainReplication("beta"), RaiseEpoch(6, "beta"), Demote(6, "beta"),
-              Redirect(6, "beta"))
+HANDOVER_6 = (StopWorkload(), DrainReplication("beta"), RaiseEpoch(6, "beta"), Redirect(6, "beta"),
+              Demote(6, "beta"))
 
 # (view, config, expected actions, expected reason), one per rule and branch.
 CASES = {
@@ -166,34 +166,34 @@ CASES = {
     # Rule 2: a higher epoch names another host: stop and demote, first.
     "returning-master-learns-a-higher-epoch": (
         active(peers=(heard("beta", epoch=6, active="beta"),)), CFG,
-        (StopWorkload(), Demote(6, "beta"), Redirect(6, "beta")),
+        (StopWorkload(), Redirect(6, "beta"), Demote(6, "beta")),
         "peer beta reports epoch 6 with beta active (this host had epoch 5 with alpha active): "
         "stepping down to follow beta"),
     "higher-epoch-even-with-a-switchover-asked": (
         active(peers=(heard("beta", epoch=6, active="beta"),),
                request=OperatorRequest("switchover"), workload="stopped"), CFG,
-        (Demote(6, "beta"), Redirect(6, "beta")),
+        (Redirect(6, "beta"), Demote(6, "beta")),
         "peer beta reports epoch 6 with beta active (this host had epoch 5 with alpha active): "
         "stepping down to follow beta"),
     "standby-follows-a-new-active-host": (
         standby(peers=(heard("alpha", ago=30.0), heard("gamma", epoch=6, active="gamma"))), AUTO,
-        (Demote(6, "gamma"), Redirect(6, "gamma")),
+        (Redirect(6, "gamma"), Demote(6, "gamma")),
         "peer gamma reports epoch 6 with gamma active (this host had epoch 5 with alpha active): "
         "stepping down to follow gamma"),
     "etcd-names-a-higher-epoch-holder": (
         active(arbiter=etcd(holder="beta", holder_epoch=6, highest_epoch=6),
                peers=(heard("beta", ago=None),)), ETCD,
-        (StopWorkload(), Demote(6, "beta"), Redirect(6, "beta")),
+        (StopWorkload(), Redirect(6, "beta"), Demote(6, "beta")),
         "etcd reports epoch 6 with beta active (this host had epoch 5 with alpha active): "
         "stepping down to follow beta"),
     "step-down-releases-a-held-lease": (
         active(arbiter=held("alpha"), peers=(heard("beta", epoch=6, active="beta"),)), ETCD,
-        (StopWorkload(), Demote(6, "beta"), Redirect(6, "beta"), ReleaseLease()),
+        (StopWorkload(), Redirect(6, "beta"), Demote(6, "beta"), ReleaseLease()),
         "peer beta reports epoch 6 with beta active (this host had epoch 5 with alpha active): "
         "stepping down to follow beta"),
     "the-witness-rules-a-tie": (
         active(arbiter=witness(active="beta")), WITNESS,
-        (StopWorkload(), Demote(5, "beta"), Redirect(5, "beta")),
+        (StopWorkload(), Redirect(5, "beta"), Demote(5, "beta")),
         "the witness reports epoch 5 with beta active (this host had epoch 5 with alpha active): "
         "stepping down to follow beta"),
     # Rule 3: a record above this host's names it active.
@@ -398,6 +398,10 @@ CASES = {
         active(workload="stopped"), CFG,
         (StartWorkload(), Redirect(5, "alpha")),
         "active at epoch 5: starting the workload"),
+    "active-redirects-again-after-a-failed-redirection": (
+        active(redirected=False), CFG, (Redirect(5, "alpha"),),
+        "active at epoch 5: workload running; the clients are not redirected here yet: "
+        "redirecting them"),
     "active-does-not-restart-an-unknown-workload": (
         active(workload="unknown"), CFG, (),
         "active at epoch 5: workload state unknown, not starting it"),
@@ -476,7 +480,7 @@ CASES = {
     "standby-releases-a-lease-it-won-too-late": (
         standby(arbiter=held("beta", epoch=6),
                 peers=(heard("alpha", epoch=7, active="alpha"),)), ETCD,
-        (Demote(7, "alpha"), Redirect(7, "alpha"), ReleaseLease()),
+        (Redirect(7, "alpha"), Demote(7, "alpha"), ReleaseLease()),
         "peer alpha reports epoch 7 with alpha active (this host had epoch 5 with alpha active): "
         "stepping down to follow alpha"),
     "standby-ignores-a-switchover-request": (

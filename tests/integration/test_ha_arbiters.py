@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,6 +171,26 @@ def test_dns_follows_the_active_host_and_a_stale_host_cannot_swing_it_back(
             stale.point_to(ADDRESSES["beta"], 3)
         assert _points_at(named, "alpha", 3), _dns(named)
         assert not alpha.events("SB4210"), "an HA action failed on alpha"
+
+        # The DNS server hangs during a switchover: beta serves, its update fails (SB4210),
+        # and once the server answers again beta's next cycles redirect the clients after all.
+        pid = int((directory / "named.pid").read_text())
+        wait_until(lambda: beta.status()["consistent"] and _streaming(alpha), 30,
+                   message="alpha replicating to a consistent beta")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            result = alpha.engine.cli("switchover", "files")
+            assert "beta is active at epoch 4" in result.stdout
+            wait_until(lambda: beta.events("SB4210"), 15, message="beta's failed update")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_until(lambda: _points_at(named, "beta", 4), 15,
+                   message=f"svc at beta, epoch 4 once the server answers: {_dns(named)}")
+
+
+def _streaming(host: Host) -> bool:
+    replication = host.status().get("replication") or {}
+    return bool(replication.get("phase") == "replicating" and replication.get("link_up"))
 
 
 # -- etcd ------------------------------------------------------------------------------------

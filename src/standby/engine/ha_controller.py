@@ -173,6 +173,7 @@ class HaController:
         self._drained = False
         self._announced: str | None = None  # the shape of the last decision made an event
         self._probed = threading.Event()  # the workload's state was probed once
+        self._redirected = 0  # the epoch whose redirections all completed here
         self._first_probe_wait = scenario.ha.workload.check_timeout + 1 \
             if scenario.ha.workload is not None else 0.0
         self._stop = threading.Event()
@@ -335,7 +336,8 @@ class HaController:
             checks=tuple(self._check_states.values()) if role == "standby" else (),
             replication=self._replication(role, active), arbiter=self._arbiter(active, now),
             workload=self.workload_state, request=self._operator_request((epoch, active)),
-            protected=self._protected(role, active), replicating=replicating)
+            protected=self._protected(role, active), replicating=replicating,
+            redirected=not self._redirects or self._redirected == epoch)
 
     def _replication(self, role: str, active: str) -> tuple[ReplicationState, ...]:
         engine = self.engine
@@ -519,6 +521,8 @@ class HaController:
         return {"role": "active" if active == me else "standby", "epoch": epoch,
                 "active": active, "state": state, "reason": self.reason,
                 "workload": self.workload_state, "action": self._task_name or None,
+                "redirected": active == me and (not self._redirects
+                                                or self._redirected == epoch),
                 "request": request, "arbitration": self.ha.arbitration,
                 "auto_failover": self.ha.auto_failover, "hosts": hosts,
                 "checks": [{"name": check.name, "status": check.status,
@@ -635,6 +639,7 @@ class HaController:
         address = self.ha.addresses.get(me)
         for redirect in self._redirects:
             redirect.apply(me, address, epoch)
+        self._redirected = epoch
         if self._redirects:
             self.engine.emit(ev.REDIRECTED, f"scenario {self.name}: clients redirected to {me} "
                              f"(epoch {epoch}: {', '.join(_redirect_kind(r) for r in self._redirects)})",

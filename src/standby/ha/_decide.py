@@ -33,8 +33,8 @@ consents, else wait for it or refuse with Alert REQUEST_REFUSED):
 ===  ==========================================  ==================================================
  1   records at the top disagree (conflict)      stop; Alert EPOCH_CONFLICT. A failover request:
                                                  operator failover
- 2   the top record is not this host's and       stop, Demote(top, X), Redirect(top, X) to release
-     names another host X                        what this host held, ReleaseLease if held:
+ 2   the top record is not this host's and       stop, Redirect(top, X) to release, Demote(top, X),
+     names another host X                        (what this host held), ReleaseLease if held:
                                                  always, first
  3   the top record is not this host's and       Promote(top), StartWorkload, Redirect; and
      names this host (a handover, or a won       StartReverseReplication to the previous active
@@ -53,11 +53,12 @@ consents, else wait for it or refuse with Alert REQUEST_REFUSED):
  6   active, switchover/switchback requested     the target must be heard. When the stream to it
                                                  is connected and consistent: StopWorkload,
                                                  DrainReplication, RaiseEpoch(e+1, target),
-                                                 Demote, Redirect (release), ReleaseLease.
+                                                 Redirect (release), Demote, ReleaseLease.
                                                  Otherwise a switchback Resynchronizes the target
                                                  first and a switchover is refused
  7   active                                      RenewLease (etcd); StartWorkload + Redirect when
-                                                 the workload is stopped; Alert
+                                                 the workload is stopped, Redirect again while
+                                                 the last one did not complete; Alert
                                                  REPLICA_UNREACHABLE per silent standby;
                                                  Resynchronize a standby that follows this epoch
                                                  without a stream, when the scenario is started
@@ -368,7 +369,9 @@ def _conflict(view: HaView, now: float, cfg: HaConfig, top: _Top) -> Decision:
 
 def _step_down(view: HaView, top: _Top) -> Decision:
     """Rule 2: a higher (or arbiter-ruled) epoch names another host: follow it, first."""
-    actions = (*_stop(view), Demote(top.epoch, top.active), Redirect(top.epoch, top.active),
+    # Release what this host holds (the service address) before the demotion, which takes a
+    # moment (replication stops): the address must not stay on two hosts meanwhile.
+    actions = (*_stop(view), Redirect(top.epoch, top.active), Demote(top.epoch, top.active),
                *_release(view))
     return Decision(actions, f"{top.source} reports epoch {top.epoch} with {top.active} active "
                              f"(this host had epoch {view.epoch} with {view.active} active): "
@@ -449,6 +452,9 @@ def _serve(view: HaView, now: float, cfg: HaConfig, lease: tuple[Action, ...]) -
     if view.workload == "stopped":
         actions += [StartWorkload(), Redirect(view.epoch, view.host)]
     reason = f"active at epoch {view.epoch}: {_WORKLOAD_NOTE[view.workload]}"
+    if view.workload == "running" and not view.redirected:
+        actions.append(Redirect(view.epoch, view.host))
+        reason += "; the clients are not redirected here yet: redirecting them"
     for peer in view.peers:
         silence = _silence(view, peer, now)
         if silence >= cfg.timeout:
@@ -490,7 +496,7 @@ def _hand_over(view: HaView, now: float, cfg: HaConfig, lease: tuple[Action, ...
     epoch = view.epoch + 1
     behind = max(0, state.master_seq - state.durable_seq)
     return Decision((*lease, StopWorkload(), DrainReplication(name), RaiseEpoch(epoch, name),
-                     Demote(epoch, name), Redirect(epoch, name), *_release(view)),
+                     Redirect(epoch, name), Demote(epoch, name), *_release(view)),
                     f"{kind} to {name}: stopping the workload, draining replication ({behind} "
                     f"changes to go), then handing over at epoch {epoch}")
 

@@ -174,6 +174,9 @@ class HaView:
     #: On the active host: the operator wants the scenario replicated (it is started here), so
     #: a standby that follows this host without a stream gets one (reverse replication).
     replicating: bool = False
+    #: On the active host: its redirections for this epoch completed (clients follow it). A
+    #: failed one (a DNS server that did not answer) is tried again at the next cycle.
+    redirected: bool = True
 
     @property
     def role(self) -> Role:

@@ -305,3 +305,29 @@ def test_automatic_failover_with_a_caught_up_replica(hosts: Pair) -> None:
     assert beta.events("SB4002")
     assert beta.events("SB4201")
     assert contiguous(beta.journal)
+
+
+def test_a_passing_check_keeps_a_silent_master_alive(hosts: Pair) -> None:
+    """Only alpha's engine dies; its application still answers the TCP check, so beta does not
+    declare alpha dead. When the application dies too, the check fails (SB4004) and beta
+    fails over."""
+    alpha, beta = hosts.alpha, hosts.beta
+    port = alpha.engine.env["APP_PORT"]
+    hosts.add(extra=f"auto_failover = true\nchecks = [{{kind = \"tcp\", host = \"127.0.0.1\", "
+                    f"port = {port}, timeout = 1}}]")
+    hosts.serving(alpha, 1)
+    wait_until(lambda: beta.status()["consistent"]
+               and beta.ha()["hosts"]["alpha"].get("workload") == "running", 20)
+
+    alpha.engine.kill()
+    time.sleep(3 * 2)  # twice the Is Alive timeout
+    ha = beta.ha()
+    assert (ha["role"], ha["epoch"]) == ("standby", 1), ha
+    assert "is ok, so it is not declared dead" in ha["reason"]
+    assert not beta.events("SB4002")
+
+    alpha.kill_app()
+    hosts.serving(beta, 2, within=20)
+    (failed,) = beta.events("SB4004")
+    assert f"tcp 127.0.0.1:{port}" in failed["message"]
+    assert beta.events("SB4002")

@@ -153,6 +153,7 @@ class HaController:
         self._redirects = build_redirects(scenario)
         self._checks = build_checks(scenario)
         self._check_states: dict[str, CheckState] = {}
+        self._checks_reported: set[str] = set()  # checks whose failure is an event
         self._etcd: EtcdClient | None = None
         if self.ha.arbitration == "etcd":
             from ..ha.arbiter.etcd import EtcdArbiter as EtcdClient
@@ -685,12 +686,22 @@ class HaController:
                 "icmp" if isinstance(check, IcmpCheck) else "script")
             self._check_states[check.name] = CheckState(check.name, kind, status,  # type: ignore[arg-type]
                                                         now)
-            if status != "ok":
+            if status != "ok" and (old.status == "ok" if old is not None
+                                   else self._active_serves()):  # not failed<->timeout
                 self.engine.emit(ev.CHECK_FAILED, f"scenario {self.name}: {check.name}: "
                                  f"{result.detail}", self.name)
-            elif old is not None:
+                self._checks_reported.add(check.name)
+            elif status == "ok" and check.name in self._checks_reported:
+                self._checks_reported.discard(check.name)
                 self.engine.emit(ev.CHECK_RECOVERED, f"scenario {self.name}: {check.name} "
                                  "passes again", self.name)
+
+    def _active_serves(self) -> bool:
+        """The active host said it runs the workload (a check failing before that, at start-up,
+        is no news)."""
+        view = self._view
+        heard = self.manager.board.get(self.name, view.active) if view is not None else None
+        return heard is not None and heard.status.workload == "running"
 
     def _probe_workload(self) -> None:
         assert self._workload is not None

@@ -15,7 +15,8 @@ import pytest
 from standby.blocks import block_digests
 from standby.config import parse_document, parse_scenario
 from standby.engine import roles
-from standby.engine.engine import Engine
+from standby.engine.engine import Engine, EngineError
+from standby.engine.ha_controller import HaController
 from standby.engine.ha_status import HostStatus, LinkStatus, StatusBoard
 from standby.engine.store import Store
 from standby.engine.witness import judge_claim, sight_window
@@ -262,3 +263,59 @@ def test_the_active_host_hands_over_through_the_witness(witness: Engine) -> None
     reply = judge_claim(witness, witness.ha.board, "alpha", claim(2, "beta", False))
     assert (reply.ok, reply.data) == (True, {"epoch": 2, "active": "beta"})
     assert [e["code"] for e in witness.events("files")][-1] == "SB4201"
+
+
+# --- operator requests ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def alpha(tmp_path: Path) -> Iterator[Engine]:
+    """An engine named alpha, master of "files" (to beta), at epoch 1."""
+    engine = Engine(tmp_path / "alpha-home", name="alpha")
+    (tmp_path / "a").mkdir()
+    scenario = parse_scenario(
+        f'name = "files"\nmaster = "alpha"\nreplica = "beta"\n[[roots]]\n'
+        f'master = "{tmp_path / "a"}"\nreplica = "/b"\n', "files.toml")
+    engine.store.put_scenario("files", "master", scenario.document(), "running")
+    engine.store.raise_epoch("files", 1, "alpha")
+    yield engine
+    engine.close()
+
+
+def _controller(engine: Engine) -> HaController:
+    row = engine.store.scenario("files")
+    assert row is not None
+    return HaController(engine.ha, parse_document(row.document))  # not started: no cycles
+
+
+def test_a_pending_request_can_be_withdrawn(alpha: Engine) -> None:
+    """One request at a time; the operator withdraws it; then there is nothing to withdraw."""
+    controller = _controller(alpha)
+    assert controller.request("switchback", None)["request"]["state"] == "pending"
+    with pytest.raises(EngineError, match="a switchback of files is already pending"):
+        controller.request("switchover", None)
+    request = controller.cancel()["request"]
+    assert (request["state"], request["message"]) == ("refused", "withdrawn by the operator")
+    with pytest.raises(EngineError, match="no switchover, failover or switchback of files"):
+        controller.cancel()
+    codes = [e["code"] for e in alpha.events("files")]
+    assert codes[-2:] == ["SB4105", "SB4106"]
+
+
+@pytest.mark.parametrize(("kind", "target", "message"), [
+    ("switchover", "gamma", "'gamma' is not another host of files"),
+    ("failover", "beta", "a failover promotes the host it is run on"),
+    ("reboot", None, "unknown request 'reboot'"),
+])
+def test_requests_that_cannot_be_met_are_refused_at_once(alpha: Engine, kind: str,
+                                                          target: str | None,
+                                                          message: str) -> None:
+    with pytest.raises(EngineError, match=message):
+        _controller(alpha).request(kind, target)
+
+
+def test_only_the_active_host_switches_over(alpha: Engine) -> None:
+    """After a promotion elsewhere, alpha is told where to run the command."""
+    alpha.store.raise_epoch("files", 2, "beta")
+    with pytest.raises(EngineError, match="run `standby switchover files` on beta"):
+        _controller(alpha).request("switchover", None)

@@ -398,6 +398,34 @@ CASES = {
         active(workload="stopped"), CFG,
         (StartWorkload(), Redirect(5, "alpha")),
         "active at epoch 5: starting the workload"),
+    "active-completes-an-interrupted-promotion": (
+        active(oriented=False), CFG, (Promote(5),),
+        "active at epoch 5: workload running; completing the promotion (the scenario still "
+        "names another master here)"),
+    "standby-completes-an-interrupted-step-down": (
+        standby(oriented=False, workload="unknown"), CFG,
+        (StopWorkload(), Redirect(5, "alpha"), Demote(5, "alpha")),
+        "this host follows alpha at epoch 5 but still holds the scenario as its master: "
+        "completing the step down"),
+    "a-restarted-engine-keeps-only-what-was-left-of-its-lease": (
+        active(peers=(PeerStatus("beta"),), arbiter=witness(reachable=False, last_contact=None,
+                                                             epoch=None, active=None),
+               monitoring_since=NOW - 1.0, carried_contact=NOW - 8.0),
+        WITNESS,
+        (StopWorkload(), Alert(AlertCode.ISOLATED, "active at epoch 5 without the arbiter's "
+                               "authority: no contact with a standby or the witness for 8.0 s "
+                               "(lease 5 s): stopping the workload of files, since this host may "
+                               "be the isolated one")),
+        "active at epoch 5 without the arbiter's authority: no contact with a standby or the "
+        "witness for 8.0 s (lease 5 s): stopping the workload (this host may be the isolated "
+        "one)"),
+    "automatic-failover-waits-for-a-resynchronization": (
+        dead_alpha(replication=(stream(synchronizing=True),)), AUTO,
+        (HOST_DEAD, waiting("alpha was still resynchronizing this replica when it was last "
+                            "heard (its changes since then wait on it)")),
+        "alpha is dead (no heartbeat for 12.0 s); not failing over: alpha was still "
+        "resynchronizing this replica when it was last heard (its changes since then wait on "
+        "it)"),
     "active-redirects-again-after-a-failed-redirection": (
         active(redirected=False), CFG, (Redirect(5, "alpha"),),
         "active at epoch 5: workload running; the clients are not redirected here yet: "

@@ -331,3 +331,4 @@ def test_a_passing_check_keeps_a_silent_master_alive(hosts: Pair) -> None:
     (failed,) = beta.events("SB4004")
     assert f"tcp 127.0.0.1:{port}" in failed["message"]
     assert beta.events("SB4002")
+

@@ -213,6 +213,12 @@ async def switchback_scenario(engine: EngineDep, name: str,
     return await _call(engine.ha_request, name, "switchback", body.target if body else None)
 
 
+@router.delete("/scenarios/{name}/request")
+async def cancel_request(engine: EngineDep, name: str) -> Item:
+    """Withdraw the pending switchover, failover or switchback (409 when none is pending)."""
+    return await _call(engine.ha_cancel, name)
+
+
 @router.post("/scenarios/{name}/sync", status_code=202)
 async def sync_scenario(engine: EngineDep, name: str, options: SyncIn | None = None) -> Item:
     """Start a synchronization job (poll /v1/jobs/{id}); the body is optional."""

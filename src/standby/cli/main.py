@@ -277,6 +277,13 @@ def switchback_command(ctx: typer.Context, name: ScenarioName, to: TargetOption 
     _handover(_home(ctx), name, "switchback", to, no_wait)
 
 
+@app.command("cancel")
+def cancel_command(ctx: typer.Context, name: ScenarioName) -> None:
+    """Withdraw the scenario's pending switchover, failover or switchback."""
+    _change(_home(ctx), "DELETE", path("scenarios", name, "request"),
+            f"the pending request of {name} is withdrawn")
+
+
 @app.command("status")
 def status_command(
     ctx: typer.Context,

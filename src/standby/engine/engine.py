@@ -104,6 +104,7 @@ class Engine:
         self._runtimes: dict[str, MasterReplication] = {}
         self._targets: dict[str, ReplicaTarget] = {}
         self.ha = HaManager(self)
+        self._incoming: dict[str, set[Any]] = {}  # scenario -> ReplicaSync sessions serving it
 
     def close(self) -> None:
         self.ha.close()
@@ -580,6 +581,12 @@ class Engine:
             target.retire()
         self._drop_target(name)
 
+    def incoming_syncs(self, name: str) -> set[Any]:
+        """The synchronizations a master is running into this host for ``name`` (ReplicaSync
+        adds and removes itself); a promotion ends them."""
+        with self._lock:
+            return self._incoming.setdefault(name, set())
+
     def forget_target(self, name: str) -> None:
         """Drop any replica-side state of a scenario (a demoted host starts afresh)."""
         self._drop_target(name)
@@ -606,6 +613,11 @@ class Engine:
         controller, which acts on it at its next cycle. Returns the HA status."""
         self._scenario(name)
         return self.ha.request(name, kind, target)
+
+    def ha_cancel(self, name: str) -> dict[str, Any]:
+        """Withdraw the scenario's pending switchover, failover or switchback."""
+        self._scenario(name)
+        return self.ha.cancel(name)
 
     # --- synchronization jobs -------------------------------------------------------------------
 

@@ -52,6 +52,10 @@ PEER_NOT_TRUSTING = _e(
     "SB1106", WARN, "peer does not trust this engine yet",
     "Run `standby peer add` on the peer too, naming this engine and its fingerprint.",
 )
+SESSIONS_FULL = _e(
+    "SB1107", ERR, "a peer's connection was refused: the engine serves its most sessions",
+    "Peers retry, but heartbeats may go unanswered: spread the scenarios over more engines.",
+)
 SCENARIO_ADDED = _e("SB2001", INFO, "scenario added")
 SCENARIO_REMOVED = _e("SB2002", INFO, "scenario removed")
 SCENARIO_STARTED = _e("SB2003", INFO, "scenario started")

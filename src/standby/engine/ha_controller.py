@@ -173,10 +173,14 @@ class HaController:
         self._task_name = ""
         self._drained = False
         self._announced: str | None = None  # the shape of the last decision made an event
+        self._preempted = False  # the running decision is to stop after its current action
+        self._task_actions: tuple[Action, ...] = ()
         self._probed = threading.Event()  # the workload's state was probed once
         self._redirected = 0  # the epoch whose redirections all completed here
         self._first_probe_wait = scenario.ha.workload.check_timeout + 1 \
             if scenario.ha.workload is not None else 0.0
+        self._carried_contact = self._load_contact()
+        self._saved_contact = 0.0  # the last contact written to the store (monotonic)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._main, name=f"ha-{self.name}", daemon=True)
@@ -246,15 +250,14 @@ class HaController:
         view = self._load_view(now)
         self._view = view
         self._note_hosts(view, now)
-        if self._workload is not None and not self._probed.is_set() and \
-                now - self.monitoring_since < self._first_probe_wait:
-            return  # learn first whether the workload runs here, rather than act on "unknown"
+        self._save_contact(view, now)
         if self._busy():
-            if self._etcd is not None and isinstance(view.arbiter, EtcdArbiter) \
-                    and view.arbiter.held:
-                self._etcd.renew()  # keep the lease while a long action runs
+            self._while_busy(view, now)
             return
         decision = decide(view, now, self.cfg)
+        if self._workload is not None and not self._probed.is_set() and \
+                now - self.monitoring_since < self._first_probe_wait and not _gives_up(decision):
+            return  # learn first whether the workload runs here rather than act on "unknown"
         self._note(view, decision, now)
         actions = [action for action in decision.actions if not isinstance(action, Alert)]
         if not actions:
@@ -273,13 +276,67 @@ class HaController:
             self._run(view, actions)  # it runs already: a nudge, not a task
             return
         self._task_name = ", ".join(type(action).__name__ for action in actions)
+        self._task_actions = tuple(actions)
         self._task = threading.Thread(target=self._run_task, args=(view, actions),
                                       name=f"ha-action-{self.name}", daemon=True)
         self._task.start()
 
+    # --- the last contact, kept across engine restarts (witness mode) ---------------------------
+
+    @property
+    def _contact_key(self) -> str:
+        return f"ha-contact:{self.name}"
+
+    def _load_contact(self) -> float | None:
+        """The last contact with a standby or the witness recorded before this start, on our
+        monotonic clock (None: none recorded, or no lease to keep)."""
+        if self.ha.arbitration != "witness":
+            return None
+        stored = self.engine.store.get_meta(self._contact_key)
+        if stored is None:
+            return None
+        try:
+            wall = float(stored)
+        except ValueError:
+            return None
+        return time.monotonic() - max(0.0, time.time() - wall)
+
+    def _save_contact(self, view: HaView, now: float) -> None:
+        """Record the last contact (wall clock) every so often, so that a restarted engine
+        keeps only what was left of its lease (see HaView.carried_contact)."""
+        if self.ha.arbitration != "witness" or view.role != "active":
+            return
+        contacts = [peer.last_heartbeat for peer in view.peers if peer.last_heartbeat]
+        if isinstance(view.arbiter, WitnessArbiter) and view.arbiter.last_contact is not None:
+            contacts.append(view.arbiter.last_contact)
+        last = max(contacts, default=0.0)
+        if last - self._saved_contact >= max(self.ha.interval, self.ha.lease_seconds / 4):
+            self._saved_contact = last
+            self.engine.store.set_meta(self._contact_key, repr(time.time() - (now - last)))
+
     def _busy(self) -> bool:
         task = self._task
         return task is not None and task.is_alive()
+
+    def _while_busy(self, view: HaView, now: float) -> None:
+        """A long action runs: keep the etcd lease, and look whether this host must give up
+        (a higher epoch names another host, the arbiter let it go): then the rest of the
+        running decision is skipped, and the next cycle stops the workload."""
+        if self._etcd is not None and isinstance(view.arbiter, EtcdArbiter) \
+                and view.arbiter.held and not self._etcd.renew():
+            self._preempt(f"the etcd lease could not be renewed during {self._task_name}")
+            return
+        decision = decide(view, now, self.cfg)
+        if _gives_up(decision) and not any(isinstance(action, Demote)
+                                           for action in self._task_actions):
+            self._preempt(decision.reason)  # (a task that steps down itself goes on)
+
+    def _preempt(self, reason: str) -> None:
+        if not self._preempted:
+            self._preempted = True
+            log.warning("scenario %s: %s: the rest of %s is skipped", self.name, reason,
+                        self._task_name)
+        self.kick()
 
     def _run_task(self, view: HaView, actions: Sequence[Action]) -> None:
         changed = False
@@ -294,9 +351,10 @@ class HaController:
         """Run actions in order; the first that fails ends the decision. Returns whether any
         action changed something (an action that found its work done returns False)."""
         self._drained = False  # set by a DrainReplication that succeeded in this decision
+        self._preempted = False
         changed = False
         for action in actions:
-            if self._stop.is_set():
+            if self._stop.is_set() or self._preempted:
                 return changed
             kind = type(action).__name__
             try:
@@ -331,6 +389,8 @@ class HaController:
         row = engine.store.scenario(self.name)
         replicating = row is not None and row.role == "master" and \
             row.state in ("running", "syncing")
+        oriented = row is not None and row.document["master"] == active and \
+            row.role == ("master" if role == "active" else "replica")
         return HaView(
             scenario=self.name, host=engine.name, epoch=epoch, active=active,
             monitoring_since=self.monitoring_since, peers=tuple(peers),
@@ -338,7 +398,8 @@ class HaController:
             replication=self._replication(role, active), arbiter=self._arbiter(active, now),
             workload=self.workload_state, request=self._operator_request((epoch, active)),
             protected=self._protected(role, active), replicating=replicating,
-            redirected=not self._redirects or self._redirected == epoch)
+            redirected=not self._redirects or self._redirected == epoch, oriented=oriented,
+            carried_contact=self._carried_contact)
 
     def _replication(self, role: str, active: str) -> tuple[ReplicationState, ...]:
         engine = self.engine
@@ -354,8 +415,9 @@ class HaController:
             for replica, up, durable in streams():
                 heard = board.get(self.name, replica)
                 consistent = replicating and heard is not None and heard.status.consistent
-                states.append(ReplicationState(replica, up, consistent, status["lag_s"], durable,
-                                               status["last_seq"]))
+                states.append(ReplicationState(replica, up, consistent, status["durable_lag_s"],
+                                               durable, status["last_seq"],
+                                               synchronizing=status["synchronizing"]))
             return tuple(states)
         row = engine.store.scenario(self.name)
         if row is None or row.role != "replica":
@@ -367,7 +429,8 @@ class HaController:
             engine.name, connected=link.connected if link is not None else False,
             consistent=row.consistent,
             lag_seconds=master.status.lag_s if master is not None else None,
-            durable_seq=durable, master_seq=master.status.last_seq if master else durable),)
+            durable_seq=durable, master_seq=master.status.last_seq if master else durable,
+            synchronizing=master.status.synchronizing if master is not None else False),)
 
     def _protected(self, role: str, active: str) -> bool:
         if role == "active":
@@ -501,6 +564,22 @@ class HaController:
         self.kick()
         return self.status()
 
+    def cancel(self) -> dict[str, Any]:
+        """Withdraw the pending request. What its decision already did stays done (a workload
+        stopped for a switchover is started again by the next cycle, on the active host)."""
+        from .engine import EngineError
+
+        with self._lock:
+            request = self._request
+            if request is None or request.state != "pending":
+                raise EngineError(409, f"no switchover, failover or switchback of {self.name} "
+                                  "is pending")
+            request.state, request.message = "refused", "withdrawn by the operator"
+        self.engine.emit(ev.REQUEST_REFUSED, f"scenario {self.name}: {request.kind} withdrawn "
+                         "by the operator", self.name)
+        self.kick()
+        return self.status()
+
     # --- status ------------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -542,7 +621,8 @@ class HaController:
             if AlertCode.WAITING_FOR_EPOCH in alerts or self.reason.startswith("this host is "
                                                                                "stored as active"):
                 return "waiting for the epoch"
-            return "serving" if self.workload_state != "unknown" else "active"
+            return {"running": "serving", "stopped": "stopped"}.get(self.workload_state,
+                                                                      "active")
         return "active host dead" if AlertCode.HOST_DEAD in alerts else "following"
 
     def _status_for_peers(self) -> Any:
@@ -625,7 +705,7 @@ class HaController:
             current = self.engine.epoch_record(self.name)
             raise HaActionError(f"this host already knows epoch {current[0]} "
                                 f"({current[1]} active)")
-        what = "failover" if active == me and view.role == "standby" else "handover"
+        what = "failover" if active == me else "handover"
         self.engine.emit(ev.EPOCH_RAISED, f"scenario {self.name}: {active} is active from epoch "
                          f"{epoch} ({what}; it had epoch {view.epoch} with {view.active} active)",
                          self.name)
@@ -651,7 +731,7 @@ class HaController:
         drain = getattr(runtime, "drain", None)
         if runtime is None or drain is None:
             raise HaActionError("the scenario does not replicate from this host")
-        seq = drain(replica, self.ha.switchover_timeout)
+        seq = drain(replica, self.ha.switchover_timeout, link_grace=self.ha.timeout)
         self._drained = True
         self.engine.emit(ev.REPLICATION_DRAINED, f"scenario {self.name}: every change up to "
                          f"{seq} is durable on {replica}", self.name)
@@ -755,6 +835,16 @@ def build_checks(scenario: Scenario) -> list[Check]:
         else:
             checks.append(ScriptCheck(wanted.command, wanted.timeout))
     return checks
+
+
+def _gives_up(decision: Decision) -> bool:
+    """The decision makes this host give up the workload: a higher epoch names another host,
+    or the arbiter no longer backs it. Nothing may delay that."""
+    kinds = {type(action) for action in decision.actions}
+    alerts = {action.code for action in decision.actions if isinstance(action, Alert)}
+    stepping_down = Demote in kinds and RaiseEpoch not in kinds  # not this host's handover
+    return stepping_down or \
+        bool(alerts & {AlertCode.ISOLATED, AlertCode.LEASE_LOST, AlertCode.EPOCH_CONFLICT})
 
 
 def _shape(reason: str) -> str:

@@ -170,7 +170,8 @@ class HaManager:
         if runtime is not None and streams is not None and runtime.capturing \
                 and scenario.replication.mode == "online":
             status = runtime.status()
-            fields.update(protecting=True, last_seq=status["last_seq"], lag_s=status["lag_s"],
+            fields.update(protecting=True, last_seq=status["last_seq"],
+                          lag_s=status["durable_lag_s"], synchronizing=status["synchronizing"],
                           links={replica: LinkStatus(up, durable)
                                  for replica, up, durable in streams()})
         elif row is not None and row.role == "replica":
@@ -197,6 +198,12 @@ class HaManager:
                     self.board.ages(name, hosts, time.monotonic()).items()}}
 
     def request(self, name: str, kind: str, target: str | None) -> dict[str, Any]:
+        return self._controller_for(name).request(kind, target)
+
+    def cancel(self, name: str) -> dict[str, Any]:
+        return self._controller_for(name).cancel()
+
+    def _controller_for(self, name: str) -> HaController:
         from .engine import EngineError
 
         controller = self.controller(name)
@@ -204,4 +211,4 @@ class HaManager:
             raise EngineError(409, f"scenario {name!r} has no high availability on this engine "
                               "(a witness, or a scenario replicating between two roots of one "
                               "engine)")
-        return controller.request(kind, target)
+        return controller

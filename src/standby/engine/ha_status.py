@@ -60,8 +60,11 @@ class HostStatus:
     #: A standby: the last change durable here. The active host: its last change (spool).
     durable_seq: int = 0
     last_seq: int = 0
-    #: The active host: the age of its oldest change not yet acknowledged (None: unknown).
+    #: The active host: the age of its oldest change not yet durable on every replica, at
+    #: any acknowledgement level (None: unknown).
     lag_s: float | None = None
+    #: The active host: a (re)synchronization runs, or its changes are not replicated yet.
+    synchronizing: bool = False
     links: dict[str, LinkStatus] = field(default_factory=dict)
     #: Seconds since this host last heard each other host of the scenario (None: never).
     heard: dict[str, float | None] = field(default_factory=dict)
@@ -71,6 +74,7 @@ class HostStatus:
                 "workload": self.workload, "protecting": self.protecting,
                 "consistent": self.consistent, "durable_seq": self.durable_seq,
                 "last_seq": self.last_seq, "lag_s": self.lag_s,
+                "synchronizing": self.synchronizing,
                 "links": {name: {"connected": link.connected, "durable_seq": link.durable_seq}
                           for name, link in self.links.items()},
                 "heard": dict(self.heard)}
@@ -90,6 +94,7 @@ class HostStatus:
             protecting=_bool(data, "protecting"), consistent=_bool(data, "consistent"),
             durable_seq=_int(data, "durable_seq"), last_seq=_int(data, "last_seq"),
             lag_s=_seconds(data.get("lag_s"), "lag_s"),
+            synchronizing=_bool(data, "synchronizing"),
             links={_name(name, "links"): _link(link) for name, link in links.items()},
             heard={_name(name, "heard"): _seconds(age, "heard") for name, age in heard.items()})
 

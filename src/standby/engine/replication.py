@@ -317,7 +317,7 @@ class MasterReplication:
             waiter.seq = self._committed_seq
             waiter.ready.set()
 
-    def drain(self, replica: str, timeout: float) -> int:
+    def drain(self, replica: str, timeout: float, link_grace: float | None = None) -> int:
         """Wait until every change made on the master before this call is durable on
         ``replica`` (a planned switchover: the workload has stopped, nothing may be lost).
 
@@ -326,7 +326,8 @@ class MasterReplication:
 
         Raises:
             DrainError: not done within ``timeout`` seconds (the link is down, the spool is
-                degraded, a synchronization runs), or the runtime stopped meanwhile.
+                degraded, a synchronization runs), or the runtime stopped meanwhile, or the
+                link to ``replica`` stayed down ``link_grace`` seconds in a row.
         """
         link = next((link for link in self.links if link.replica == replica), None)
         if link is None:
@@ -342,9 +343,18 @@ class MasterReplication:
                 raise DrainError(f"scenario {self.name}: changes could not all be read within "
                                  f"{timeout:g} s (phase {self.phase}, {len(self._dirty)} dirty "
                                  "path(s))")
+        down_since: float | None = None
         with self._ack_cond:
             while link.durable_seq < waiter.seq:
-                if self.stopping or time.monotonic() > deadline:
+                now = time.monotonic()
+                down_since = None if link.up else (down_since or now)
+                if link_grace is not None and down_since is not None \
+                        and now - down_since > link_grace:
+                    raise DrainError(f"scenario {self.name}: the link to {replica} has been "
+                                     f"down for {now - down_since:.0f} s; {replica} made "
+                                     f"changes durable up to {link.durable_seq}, not "
+                                     f"{waiter.seq}")
+                if self.stopping or now > deadline:
                     raise DrainError(
                         f"scenario {self.name}: {replica} made changes durable up to "
                         f"{link.durable_seq}, not {waiter.seq}, within {timeout:g} s "
@@ -355,6 +365,28 @@ class MasterReplication:
     def _cancel_drain(self, waiter: _DrainWaiter) -> None:
         with contextlib.suppress(ValueError):
             self._drain_waiters.remove(waiter)
+
+    def _age_of_first_above(self, seq: int, now: float) -> float:
+        """Seconds since the first change after ``seq`` was appended (0: none is)."""
+        for appended, appended_at in list(self._appended):
+            if appended > seq:
+                return now - appended_at
+        return 0.0
+
+    def durable_lag(self, now: float | None = None) -> float:
+        """The age of the oldest change not yet durable on every replica, whatever the
+        acknowledgement level (what an automatic failover must weigh)."""
+        with self._ack_cond:
+            durable = min(link.durable_seq for link in self.links)
+        return self._age_of_first_above(durable, time.time() if now is None else now)
+
+    @property
+    def synchronizing(self) -> bool:
+        """A synchronization runs, or what changed during it is not replicated yet: changes
+        wait as dirty paths, counted in no sequence number, so the replica only looks caught
+        up."""
+        return self.phase in ("starting", "syncing", "indexing") or \
+            self._synchronized_seq is not None
 
     def streams(self) -> list[tuple[str, bool, int]]:
         """(replica, link up, last change durable there) for each replica."""
@@ -954,8 +986,8 @@ class MasterReplication:
             self._ack_cond.notify_all()
             durable_everywhere = min(other.durable_seq for other in self.links)
         self.spool.trim(min(durable_everywhere, self.spool.last_seq))
-        acknowledged = self._acknowledged()
-        while self._appended and self._appended[0][0] <= acknowledged:
+        # Kept until durable everywhere (not only acknowledged): the HA lag is about durability.
+        while self._appended and self._appended[0][0] <= durable_everywhere:
             self._appended.popleft()
 
     def _acknowledged(self) -> int:
@@ -1027,12 +1059,8 @@ class MasterReplication:
         """Statistics of the scenario as a whole (the slowest replica's positions) and per
         host: changed on the master; sent to and acknowledged by each replica."""
         now = time.time()
-        lag = 0.0
         acknowledged = self._acknowledged()
-        for seq, appended_at in list(self._appended):
-            if seq > acknowledged:
-                lag = now - appended_at
-                break
+        lag = self._age_of_first_above(acknowledged, now)
         throughput = 0.0
         samples = list(self._throughput)
         if len(samples) >= 2 and samples[-1][0] > samples[0][0]:
@@ -1057,6 +1085,8 @@ class MasterReplication:
             "acknowledged_seq": acknowledged,
             "spool_bytes": self.spool.size_bytes, "spool_records": self.spool.record_count,
             "dirty_paths": len(self._dirty), "lag_s": round(lag, 3),
+            "durable_lag_s": round(self.durable_lag(now), 3),
+            "synchronizing": self.synchronizing,
             "throughput_bytes_s": round(throughput),
             "changed_files": changed_files, "changed_bytes": changed_bytes,
             "sent_records": hosts[self.scenario.master]["sent_records"],

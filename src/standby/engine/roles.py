@@ -70,6 +70,8 @@ def promote(engine: Engine, name: str, epoch: int) -> bool:
     scenario, role = _load(engine, name)
     if role == "master" and scenario.master == engine.name:
         return False
+    for sync in list(engine.incoming_syncs(name)):  # the old master writes no more here
+        sync.cancelled = True
     try:
         engine.retire_target(name)
     except OSError as exc:

@@ -25,9 +25,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("standby.server")
 
-#: Sessions served at once; further connections are closed at once (a peer retries). Each
-#: session holds a thread and up to a few MiB of buffers.
-MAX_SESSIONS = 64
+#: Sessions served at once; further connections are closed at once (a peer retries). A data
+#: session holds a thread and up to a few MiB of buffers; every scenario also keeps one
+#: heartbeat session open from each other host (and two at a witness), which hold a thread
+#: and little memory: room for about a hundred scenarios per engine.
+MAX_SESSIONS = 256
 #: errnos on which accept() should back off rather than spin (as asyncio and trio do).
 _CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
@@ -43,6 +45,7 @@ class PeerServer:
         self.port = self._listener.getsockname()[1]
         self._slots = threading.BoundedSemaphore(MAX_SESSIONS)
         self._stopping = threading.Event()
+        self._full_reported = -60.0
         self._thread = threading.Thread(target=self._accept_loop, name="peer-accept",
                                         daemon=True)
 
@@ -69,6 +72,10 @@ class PeerServer:
             if not self._slots.acquire(blocking=False):
                 log.warning("refusing %s: %d sessions already", addr, MAX_SESSIONS)
                 sock.close()
+                if time.monotonic() - self._full_reported > 60:  # an event a minute at most
+                    self._full_reported = time.monotonic()
+                    self.engine.emit(ev.SESSIONS_FULL, f"connection from {addr[0]} refused: "
+                                     f"{MAX_SESSIONS} sessions are served already")
                 continue
             threading.Thread(target=self._serve, args=(sock, addr), name=f"peer-{addr[0]}",
                              daemon=True).start()

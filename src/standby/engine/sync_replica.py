@@ -129,6 +129,8 @@ class ReplicaSync:
         self._staged_bytes = 0
         self._replica_row = False  # the scenario is stored here as a replica (not a loop)
         self._changed = False  # a message that changes the replica arrived (_first_change)
+        self._root_number = self._last_root = 0
+        self.cancelled = False  # the scenario was taken over here: end at the next message
         self._buffer = new_buffer()
 
     # --- session --------------------------------------------------------------------------------
@@ -142,6 +144,14 @@ class ReplicaSync:
         assert self.scenario_name is not None
         row = self.engine.store.scenario(self.scenario_name)
         self._replica_row = row is not None and row.role == "replica"
+        self.engine.incoming_syncs(self.scenario_name).add(self)
+        try:
+            self._run(root_path)
+        finally:
+            self.engine.incoming_syncs(self.scenario_name).discard(self)
+
+    def _run(self, root_path: str) -> None:
+        assert self.scenario_name is not None
         if self._replica_row:
             self.engine.store.update_scenario(self.scenario_name, state="syncing")
         try:
@@ -181,6 +191,7 @@ class ReplicaSync:
             return None
         self.scenario_name = begin.scenario
         scenario = parse_document(row.document)
+        self._root_number, self._last_root = begin.root, len(scenario.roots) - 1
         return scenario.roots[begin.root].replica
 
     def _send_listing(self, root_path: str) -> bool:
@@ -218,6 +229,9 @@ class ReplicaSync:
                 handler = handlers.get(type(message))
                 if handler is None:
                     raise RemoteProtocolError(f"unexpected {type(message).__name__} during sync")
+                if self.cancelled:
+                    raise RemoteProtocolError(f"{self.engine.name} took over scenario "
+                                              f"{self.scenario_name}: it accepts no more writes")
                 if not self._changed and type(message) in _CHANGES:
                     self._first_change()
                 handler(message)
@@ -242,10 +256,24 @@ class ReplicaSync:
         if self.scenario_name is not None:
             row = self.engine.store.scenario(self.scenario_name)
             if row is not None and row.role == "replica":
-                self.engine.store.update_scenario(
-                    self.scenario_name, state="running",
-                    consistent=self.stats.counters["files_failed"] == 0)
+                self._mark_done(self.scenario_name)
         self.session.send(SyncDone(stats=dict(self.stats.counters)))
+
+    def _mark_done(self, name: str) -> None:
+        """A root is synchronized. The roots come in order, one session each: the replica is
+        consistent again only at the end of the last, if no file failed in any of them."""
+        failed_key = f"sync-failed:{name}"
+        if self._root_number == 0:
+            self.engine.store.delete_meta(failed_key)
+        if self.stats.counters["files_failed"]:
+            self.engine.store.set_meta(failed_key, str(self._root_number))
+            self.engine.store.update_scenario(name, state="running", consistent=False)
+        elif self._root_number == self._last_root:
+            self.engine.store.update_scenario(
+                name, state="running",
+                consistent=self.engine.store.get_meta(failed_key) is None)
+        else:
+            self.engine.store.update_scenario(name, state="running")
 
     def _abandon(self) -> None:
         """On any exit: close the open file and drop staged files that were never committed."""

@@ -22,6 +22,7 @@ the witness still hears.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -55,8 +56,18 @@ def witness_status(engine: Engine, scenario: Scenario, board: StatusBoard) -> Ho
                       heard=board.ages(scenario.name, scenario.hosts, time.monotonic()))
 
 
+#: Claims are judged one at a time: two standbys claiming the same epoch at once must not both
+#: read the old record and both be told they won.
+_JUDGING = threading.Lock()
+
+
 def judge_claim(engine: Engine, board: StatusBoard, peer: str, claim: EpochClaim) -> Reply:
     """Record ``claim`` from ``peer`` if the rules of the module docstring allow it."""
+    with _JUDGING:
+        return _judge(engine, board, peer, claim)
+
+
+def _judge(engine: Engine, board: StatusBoard, peer: str, claim: EpochClaim) -> Reply:
     from ..config import ConfigError, parse_document
     from . import events as ev
 
@@ -95,7 +106,11 @@ def judge_claim(engine: Engine, board: StatusBoard, peer: str, claim: EpochClaim
                         f"epoch {claim.epoch} refused: {refusal}", scenario.name)
         log.info("scenario %s: claim of %s refused: %s", scenario.name, peer, refusal)
         return Reply(ok=False, message=refusal, data=record)
-    engine.store.raise_epoch(scenario.name, claim.epoch, claim.active)
+    if not engine.store.raise_epoch(scenario.name, claim.epoch, claim.active):
+        epoch, active = engine.epoch_record(scenario.name)
+        return Reply(ok=False, message=f"epoch {claim.epoch} is not above the witness's record "
+                     f"(epoch {epoch}, {active} active)",
+                     data={"epoch": epoch, "active": active})
     kind = "failover" if claim.failover else "handover"
     engine.emit(ev.EPOCH_RAISED, f"scenario {scenario.name}: {claim.active} active from epoch "
                 f"{claim.epoch} ({kind} claimed by {peer}, granted by the witness)",

@@ -33,9 +33,11 @@ consents, else wait for it or refuse with Alert REQUEST_REFUSED):
 ===  ==========================================  ==================================================
  1   records at the top disagree (conflict)      stop; Alert EPOCH_CONFLICT. A failover request:
                                                  operator failover
- 2   the top record is not this host's and       stop, Redirect(top, X) to release, Demote(top, X),
-     names another host X                        (what this host held), ReleaseLease if held:
-                                                 always, first
+ 2   the top record is not this host's and       stop, Redirect(top, X) to release what this
+     names another host X                        host held, Demote(top, X), ReleaseLease if
+                                                 held: always, first
+2b   a standby whose stored scenario still       stop, Redirect (release), Demote(e, active),
+     names it master (a demotion cut short)      ReleaseLease if held
  3   the top record is not this host's and       Promote(top), StartWorkload, Redirect; and
      names this host (a handover, or a won       StartReverseReplication to the previous active
      etcd lease)                                 host when it handed over itself and
@@ -44,9 +46,9 @@ consents, else wait for it or refuse with Alert REQUEST_REFUSED):
  4   active without the arbiter's authority      stop; Alert ISOLATED / LEASE_LOST while the
      (witness: no heartbeat nor witness          workload was not known stopped (this host may be
      answer for ``lease_seconds``, counted from  the isolated one); keep trying for the lease,
-     the start of monitoring at the latest;      unless etcd granted a higher epoch. A lease that
-     etcd: no lease at ``e`` until after the     nobody holds is acquired without stopping. A
-     next cycle)                                 failover request: operator failover
+     the last contact before the engine          unless etcd granted a higher epoch. A lease that
+     started, else its start; etcd: no lease at  nobody holds is acquired without stopping. A
+     ``e`` until after the next cycle)           failover request: operator failover
  5   active, not confirmed (a returning host)    stay passive, never StartWorkload; Alert
                                                  WAITING_FOR_EPOCH. A failover request: operator
                                                  failover
@@ -60,6 +62,8 @@ consents, else wait for it or refuse with Alert REQUEST_REFUSED):
                                                  the workload is stopped, Redirect again while
                                                  the last one did not complete; Alert
                                                  REPLICA_UNREACHABLE per silent standby;
+                                                 Promote(e) first when the stored scenario still
+                                                 names another master;
                                                  Resynchronize a standby that follows this epoch
                                                  without a stream, when the scenario is started
                                                  here and ``reverse_replication``; a failover
@@ -71,7 +75,8 @@ consents, else wait for it or refuse with Alert REQUEST_REFUSED):
 10   standby, active host dead                   Alert HOST_DEAD. Automatic failover needs
                                                  ``auto_failover``, a confirmed host, a consistent
                                                  replica that was caught up (durable up to the
-                                                 master's last sequence, or lag <= ``max_lag``),
+                                                 master's last sequence, or lag <= ``max_lag``)
+                                                 and not being resynchronized,
                                                  a scenario that was running on the active host
                                                  and the arbiter's consent: promote at a
                                                  new epoch. Otherwise Alert
@@ -155,6 +160,8 @@ def decide(view: HaView, now: float, cfg: HaConfig) -> Decision:
         if top.active == view.host:
             return _take_over(view, now, cfg, top)
         return _step_down(view, top)
+    if view.role == "standby" and not view.oriented:
+        return _finish_step_down(view)
     if view.role == "active":
         return _as_active(view, now, cfg)
     return _as_standby(view, now, cfg)
@@ -320,7 +327,7 @@ def _authority(view: HaView, now: float, cfg: HaConfig) -> _Verdict:
         return _lease(view, arbiter, now, cfg, view.epoch)
     # The start of monitoring counts as a contact: an engine that has just started has its
     # lease to hear from someone before it counts itself isolated (rule 5 keeps it passive).
-    contacts = [view.monitoring_since]
+    contacts = [view.monitoring_since if view.carried_contact is None else view.carried_contact]
     contacts += [peer.last_heartbeat for peer in view.peers if peer.last_heartbeat is not None]
     if arbiter.last_contact is not None:
         contacts.append(arbiter.last_contact)
@@ -376,6 +383,15 @@ def _step_down(view: HaView, top: _Top) -> Decision:
     return Decision(actions, f"{top.source} reports epoch {top.epoch} with {top.active} active "
                              f"(this host had epoch {view.epoch} with {view.active} active): "
                              f"stepping down to follow {top.active}")
+
+
+def _finish_step_down(view: HaView) -> Decision:
+    """Rule 2b: this host's record names another host, but it still stores the scenario as
+    its master (a demotion cut short: an engine stop, a failed release): complete it."""
+    actions = (*_stop(view), Redirect(view.epoch, view.active), Demote(view.epoch, view.active),
+               *_release(view))
+    return Decision(actions, f"this host follows {view.active} at epoch {view.epoch} but still "
+                             "holds the scenario as its master: completing the step down")
 
 
 def _take_over(view: HaView, now: float, cfg: HaConfig, top: _Top) -> Decision:
@@ -449,9 +465,12 @@ def _serve(view: HaView, now: float, cfg: HaConfig, lease: tuple[Action, ...]) -
     """Rule 7: keep the workload running, say which standbys fell silent, and give a stream
     to a standby that follows without one (the old master back after a failover)."""
     actions = list(lease)
+    reason = f"active at epoch {view.epoch}: {_WORKLOAD_NOTE[view.workload]}"
+    if not view.oriented:
+        actions.append(Promote(view.epoch))
+        reason += "; completing the promotion (the scenario still names another master here)"
     if view.workload == "stopped":
         actions += [StartWorkload(), Redirect(view.epoch, view.host)]
-    reason = f"active at epoch {view.epoch}: {_WORKLOAD_NOTE[view.workload]}"
     if view.workload == "running" and not view.redirected:
         actions.append(Redirect(view.epoch, view.host))
         reason += "; the clients are not redirected here yet: redirecting them"
@@ -552,6 +571,9 @@ def _automatic(view: HaView, now: float, cfg: HaConfig, epoch: int) -> _Verdict:
     if not view.protected:
         return _Verdict(refusal=f"the scenario was not running on {view.active} when it was "
                                 "last heard (replication stopped)")
+    if state.synchronizing:
+        return _Verdict(refusal=f"{view.active} was still resynchronizing this replica when it "
+                                "was last heard (its changes since then wait on it)")
     if not (state.caught_up or (state.lag_seconds is not None
                                 and state.lag_seconds <= cfg.max_lag)):
         return _Verdict(refusal=f"the replica was not caught up ({_lag_text(state)}; max_lag "

@@ -75,6 +75,9 @@ class ReplicationState:
     lag_seconds: float | None  # age of the oldest change not yet durable on the replica
     durable_seq: int  # the last sequence number durable on the replica
     master_seq: int  # the master's last sequence number, as the replica last heard it
+    #: On a standby: the master was still (re)synchronizing this replica when last heard, so
+    #: changes made meanwhile wait as dirty paths, counted in no sequence number.
+    synchronizing: bool = False
 
     @property
     def caught_up(self) -> bool:
@@ -177,6 +180,12 @@ class HaView:
     #: On the active host: its redirections for this epoch completed (clients follow it). A
     #: failed one (a DNS server that did not answer) is tried again at the next cycle.
     redirected: bool = True
+    #: This host's stored scenario is turned to the active host of its record (master = the
+    #: active host). False after a promotion or demotion that stopped half-way: completed first.
+    oriented: bool = True
+    #: The last contact with a standby or the witness before this engine started (on the
+    #: same clock), when it was recorded: an engine restart does not earn a fresh lease.
+    carried_contact: float | None = None
 
     @property
     def role(self) -> Role:

@@ -42,11 +42,12 @@ class EngineProcess:
     def __repr__(self) -> str:
         return f"<EngineProcess {self.name} pid={self.proc.pid if self.proc else None}>"
 
-    def start(self, timeout: float = 30.0) -> None:
-        (self.home / "engine.json").unlink(missing_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+    def command(self, listen: str | None = None) -> list[str]:
+        """The command line that starts this engine (in its own mount namespace with
+        ``bind``), listening for peers on ``listen`` (default: loopback, its port)."""
         command = [*STANDBY, "--home", str(self.home), "engine", "--name", self.name,
-                   "--listen", f"127.0.0.1:{self.listen_port}", "--api", "127.0.0.1:0"]
+                   "--listen", listen or f"127.0.0.1:{self.listen_port}",
+                   "--api", "127.0.0.1:0"]
         if self.bind is not None:
             source, target = self.bind
             source.mkdir(parents=True, exist_ok=True)
@@ -54,8 +55,13 @@ class EngineProcess:
             command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                        'mount --bind "$0" "$1" && shift && exec "$@"', str(source),
                        str(target), *command]
+        return command
+
+    def start(self, timeout: float = 30.0) -> None:
+        (self.home / "engine.json").unlink(missing_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            command,
+            self.command(),
             stdout=log, stderr=subprocess.STDOUT,
             env={"STANDBY_LOG_LEVEL": "INFO", **os.environ, **self.env})
         deadline = time.monotonic() + timeout

@@ -365,19 +365,11 @@ class NetnsEngine(EngineProcess):
         pid = self.proc.pid if self.proc else None
         return f"<NetnsEngine {self.name} on {self.host.name} pid={pid}>"
 
-    def command(self) -> list[str]:
-        """The command line that starts this engine inside its host's namespace."""
-        command = [*STANDBY, "--home", str(self.home), "engine", "--name", self.name,
-                   "--listen", f"{self.host.address}:{self.listen_port}",
-                   "--api", "127.0.0.1:0"]
-        if self.bind is not None:
-            source, target = self.bind
-            source.mkdir(parents=True, exist_ok=True)
-            target.mkdir(parents=True, exist_ok=True)
-            command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                       'mount --bind "$0" "$1" && shift && exec "$@"', str(source),
-                       str(target), *command]
-        return [*self.host.exec_prefix(), *command]
+    def command(self, listen: str | None = None) -> list[str]:
+        """The command line that starts this engine inside its host's namespace, listening
+        on the host's address."""
+        address = listen or f"{self.host.address}:{self.listen_port}"
+        return [*self.host.exec_prefix(), *super().command(address)]
 
     def launch(self) -> None:
         """Start the process without waiting for it to be ready (see :func:`start_all`)."""

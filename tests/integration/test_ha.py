@@ -81,24 +81,36 @@ class Host:
         except FileNotFoundError:
             return 0
 
-    def app_answers(self) -> bool:
-        return self.engine.proc is not None and _app_pid(self) is not None
+    def app_pid(self) -> int | None:
+        """The application's pid, from its pid file (None: not started, or stopped)."""
+        try:
+            return int((self.state / "app.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def app_running(self) -> bool:
+        return _pid_alive(self.app_pid())
 
     def kill_app(self) -> None:
-        """SIGKILL the application (the host died with it)."""
-        pid = _app_pid(self)
+        """SIGKILL the application (the host died with it, or a test left it running)."""
+        pid = self.app_pid()
         if pid is not None:
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
-    def events(self, code: str) -> list[dict[str, Any]]:
-        return [e for e in self.engine.events("files") if e["code"] == code]
+    def events(self, code: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.engine.events("files") if code is None or e["code"] == code]
 
 
-def _app_pid(host: Host) -> int | None:
+def _pid_alive(pid: int | None) -> bool:
+    """Whether ``pid`` runs; a zombie (exited, not yet reaped by init) does not."""
+    if pid is None:
+        return False
     try:
-        return int((host.state / "app.pid").read_text())
-    except (FileNotFoundError, ValueError):
-        return None
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @dataclass
@@ -123,7 +135,7 @@ class Pair:
         def ready() -> bool:
             ha = host.ha()
             return (ha["role"], ha["epoch"], ha["workload"], ha["action"]) == \
-                ("active", epoch, "running", None) and _app_pid(host) is not None
+                ("active", epoch, "running", None) and host.app_pid() is not None
         wait_until(ready, within, message=f"{host.engine.name} serving at epoch {epoch}")
 
 
@@ -163,19 +175,11 @@ def hosts(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Pair]:
             host.engine.stop()
         for host in (alpha, beta):
             (host.state / "pause").unlink(missing_ok=True)
-            subprocess_stop(host)
+            host.kill_app()
         failed = getattr(request.node, "rep_call", None)
         if failed is not None and failed.failed:
             for host in started:
                 print(f"----- log of {host.engine.name} -----\n{host.engine.log()[-30000:]}")
-
-
-def subprocess_stop(host: Host) -> None:
-    """Stop a host's application if the test left it running."""
-    pid = _app_pid(host)
-    if pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def contiguous(numbers: list[int]) -> bool:
@@ -267,7 +271,7 @@ def test_failover_by_the_operator_then_switchback_sends_only_the_differences(
                message="alpha stepping down")
     time.sleep(1.0)
     assert alpha.starts() == alpha_starts, "the returning master started its workload"
-    assert _app_pid(alpha) is None or not _pid_alive(_app_pid(alpha))
+    assert not alpha.app_running()
 
     result = beta.engine.cli("switchback", "files")
     assert "alpha is active at epoch 3" in result.stdout
@@ -278,16 +282,6 @@ def test_failover_by_the_operator_then_switchback_sends_only_the_differences(
     data = SEED_FILES * SEED_SIZE
     sent = report["bytes_sent"]
     assert sent < data / 10, f"the resync sent {sent} bytes of {data}"
-
-
-def _pid_alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_automatic_failover_with_a_caught_up_replica(hosts: Pair) -> None:

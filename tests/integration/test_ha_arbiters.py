@@ -31,12 +31,9 @@ from .netns import wait_until
 from .test_ha import (
     Host,
     Pair,
-    _app_pid,
     _engine,
-    _pid_alive,
     contiguous,
     last_written,
-    subprocess_stop,
 )
 
 pytestmark = pytest.mark.integration
@@ -89,7 +86,7 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]
             engine.stop()
         for host in (cluster.alpha, cluster.beta):
             (host.state / "pause").unlink(missing_ok=True)
-            subprocess_stop(host)
+            host.kill_app()
         failed = getattr(request.node, "rep_call", None)
         if failed is not None and failed.failed:
             for engine in cluster.started:
@@ -101,10 +98,6 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]
 
 def _events(engine: EngineProcess, code: str) -> list[dict[str, Any]]:
     return [e for e in engine.events("files") if e["code"] == code]
-
-
-def _app_running(host: Host) -> bool:
-    return _pid_alive(_app_pid(host))
 
 
 # -- DNS -------------------------------------------------------------------------------------
@@ -258,10 +251,10 @@ def test_etcd_lease_moves_to_the_standby_when_the_holder_dies(etcd: EtcdServer,
     assert alpha.ha()["active"] == "beta"
     time.sleep(2.0)  # a few cycles: nothing may start it now
     assert alpha.starts() == alpha_starts, "the returning master started its workload"
-    assert not _app_running(alpha)
+    assert not alpha.app_running()
     assert _etcd_keys(etcd) == ({"host": "beta", "epoch": 2}, 2)
     assert beta.ha()["role"] == "active"
-    assert _app_running(beta)
+    assert beta.app_running()
 
 
 # -- the witness -----------------------------------------------------------------------------

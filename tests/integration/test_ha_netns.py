@@ -20,22 +20,20 @@ Times: Is Alive every 0.5 s, timeout 3 s, lease 2 s (lease >= 3 x interval and l
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.dnsserver import KEY, ZONE, Named, query, start_named
 
 from .netns import Host, NetnsEngine, Site, needs_netns, pair_all, start_all, wait_until
+from .test_ha import Host as AppHost
+from .test_ha import contiguous
 
 pytestmark = [pytest.mark.integration, needs_netns]
 
@@ -97,80 +95,19 @@ class Timing:
 
 
 @dataclass
-class Node:
-    """A host of the scenario: its namespace, its engine, its root and its application."""
+class Node(AppHost):
+    """A host of the scenario: its engine, root and application (AppHost), and its namespace."""
 
     host: Host
-    engine: NetnsEngine
-    root: Path  # the scenario's root on this host
-    state: Path  # the application's pid file and counters (outside the root)
 
     @property
     def name(self) -> str:
         return self.engine.name
 
-    @property
-    def journal(self) -> list[int]:
-        """The numbers of the application's journal on this host, complete lines only."""
-        try:
-            data = (self.root / "app" / "journal.log").read_bytes()
-        except FileNotFoundError:
-            return []
-        return [int(line.split(b" ")[0]) for line in data.split(b"\n")[:-1]]
-
-    def status(self) -> dict[str, Any]:
-        (status,) = self.engine.api("GET", "/v1/status/files")
-        return dict(status)
-
-    def ha(self) -> dict[str, Any]:
-        ha: dict[str, Any] = self.status()["ha"]
-        return ha
-
-    def events(self, code: str | None = None) -> list[dict[str, Any]]:
-        return [event for event in self.engine.events("files")
-                if code is None or event["code"] == code]
-
-    def starts(self) -> int:
-        """How many times the application was started on this host."""
-        try:
-            return len((self.state / "starts").read_text().splitlines())
-        except FileNotFoundError:
-            return 0
-
-    def app_pid(self) -> int | None:
-        try:
-            return int((self.state / "app.pid").read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-
-    def app_running(self) -> bool:
-        return _pid_alive(self.app_pid())
-
-    def kill_app(self) -> None:
-        """SIGKILL the application (the host died with it)."""
-        pid = self.app_pid()
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
     def holds(self, address: str) -> bool:
         """Whether this host's eth0 has ``address``."""
         shown = self.host.run("ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout
         return f" {address}/" in shown
-
-
-def _pid_alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def contiguous(numbers: list[int]) -> bool:
-    return numbers == list(range(1, len(numbers) + 1))
 
 
 @dataclass
@@ -254,7 +191,7 @@ def _node(site: Site, host: Host, tmp: Path) -> Node:
     state.mkdir()
     env = {"APP_DIR": str(root / "app"), "APP_STATE": str(state), "APP_HOST": host.name,
            "APP_PORT": str(APP_PORT), "APP_BIND": "0.0.0.0"}
-    return Node(host, site.engine(host, tmp, env=env), root, state)
+    return Node(engine=site.engine(host, tmp, env=env), root=root, state=state, host=host)
 
 
 @contextmanager

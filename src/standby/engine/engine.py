@@ -375,7 +375,7 @@ class Engine:
                 self.remove_scenario(derived)
             except EngineError as exc:
                 return Reply(ok=False, message=f"cascade {derived}: {exc.message}", data={})
-        self._drop_target(name)
+        self.drop_target(name)
         self.store.remove_scenario(name)
         self.emit(ev.SCENARIO_REMOVED, f"scenario {name} removed by its master {peer} (replica "
                   "files are kept)", name)
@@ -434,12 +434,12 @@ class Engine:
                 log.warning("scenario %s: the witness %s was not told of the removal: %s",
                             name, scenario.ha.witness, exc.message)
         self.ha.remove(name)
-        self._drop_target(name)
+        self.drop_target(name)
         shutil.rmtree(spool_directory(self.home, scenario), ignore_errors=True)
         self.store.remove_scenario(name)
         self.emit(ev.SCENARIO_REMOVED, f"scenario {name} removed (replica files are kept)", name)
 
-    def _drop_target(self, name: str) -> None:
+    def drop_target(self, name: str) -> None:
         """Forget the replica side of a scenario: its state and its spool (what it held is
         superseded: a scenario added again starts with a synchronization)."""
         with self._lock:
@@ -491,13 +491,7 @@ class Engine:
     def stop_scenario(self, name: str) -> dict[str, Any]:
         scenario, role = self._scenario(name)
         self._require_master(name, role, scenario)
-        with self._lock:
-            runtime = self._runtimes.pop(name, None)
-        if runtime is not None:
-            runtime.stop()
-        job = self._job_for(name)
-        if job is not None:
-            job.cancel()
+        self.stop_replication(name)
         self.store.update_scenario(name, state="stopped")
         self.emit(ev.SCENARIO_STOPPED, f"scenario {name} stopped", name)
         return self._scenario_summary(name)
@@ -579,7 +573,7 @@ class Engine:
             target = self.replica_target(name)
         if target is not None:
             target.retire()
-        self._drop_target(name)
+        self.drop_target(name)
 
     def incoming_syncs(self, name: str) -> set[Any]:
         """The synchronizations a master is running into this host for ``name`` (ReplicaSync
@@ -587,13 +581,9 @@ class Engine:
         with self._lock:
             return self._incoming.setdefault(name, set())
 
-    def forget_target(self, name: str) -> None:
-        """Drop any replica-side state of a scenario (a demoted host starts afresh)."""
-        self._drop_target(name)
-
     def stop_replication(self, name: str) -> int:
-        """Stop the scenario's replication from this host (a demotion); returns how many
-        captured changes some replica had not made durable."""
+        """Stop the scenario's replication from this host and cancel its synchronization;
+        returns how many captured changes some replica had not made durable."""
         with self._lock:
             runtime = self._runtimes.pop(name, None)
         unsent = 0

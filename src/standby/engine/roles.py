@@ -116,7 +116,7 @@ def demote(engine: Engine, name: str, epoch: int, active: str, *, drained: bool 
                     f"on {engine.name} were not durable on {active} when it took over at epoch "
                     f"{epoch}; the resynchronization from {active} replaces them", name)
     shutil.rmtree(spool_directory(engine.home, scenario), ignore_errors=True)
-    engine.forget_target(name)
+    engine.drop_target(name)
     oriented = scenario.reoriented(active)
     engine.store.put_scenario(name, "replica", oriented.document(), "stopped")
     engine.store.update_scenario(name, consistent=drained and unsent == 0)

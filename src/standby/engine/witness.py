@@ -26,8 +26,9 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from ..config import HaOptions, Scenario
+from ..config import ConfigError, HaOptions, Scenario, parse_document
 from ..protocol import PURPOSE_HA, EpochClaim, ProtocolError, Reply
+from . import events as ev
 from .channel import LinkError
 from .ha_status import HostStatus, StatusBoard
 from .session import PeerFailure
@@ -68,9 +69,6 @@ def judge_claim(engine: Engine, board: StatusBoard, peer: str, claim: EpochClaim
 
 
 def _judge(engine: Engine, board: StatusBoard, peer: str, claim: EpochClaim) -> Reply:
-    from ..config import ConfigError, parse_document
-    from . import events as ev
-
     row = engine.store.scenario(claim.scenario)
     if row is None or row.role != "witness":
         return Reply(ok=False, message=f"{engine.name} is not the witness of "
